@@ -1,0 +1,5 @@
+import sys
+
+from timm_pnnh.cli import main
+
+sys.exit(main())

@@ -1,0 +1,370 @@
+"""Convolutional blocks of the PNNH paradigm and the plain baseline.
+
+Paper: Zhang, Yan, Li, Chen, "Peeking Behind the Curtains of Residual Learning", arXiv:2402.08645.
+The paper states that deep plain nets lose their input through non-linearities ("dissipating
+inputs") and that an *internal path across the non-linearity* -- a weight-sharing **coder** next to
+a **learner** -- lets plain nets train as deep as residual ones. The block equations are not in the
+text available to us; what follows is this project's reading (see README "The PNNH block").
+
+Blocks here are drop-in ``block_fn`` for timm's ``ResNet`` (same constructor signature as
+``timm.models.resnet.BasicBlock`` / ``Bottleneck``). None of them adds its input to anything.
+"""
+from typing import Optional, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import create_attn
+from timm.models.resnet import BasicBlock, Bottleneck, get_padding
+
+__all__ = [
+    'CODER_INITS', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
+    'BlockSelector', 'coder_width', 'check_pnnh_args',
+]
+
+CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
+CODER_KERNELS = (1, 3)
+
+
+def _check_ratio(name: str, value, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value <= high):
+        raise ValueError(f'{name}={value!r} is not allowed: it must be a number in ({low}, {high}]')
+    return float(value)
+
+
+def coder_width(channels: int, ratio: float, name: str) -> int:
+    """``channels * ratio`` as an exact whole number of channels, or a ValueError naming ``name``."""
+    width = channels * ratio
+    if abs(width - round(width)) > 1e-6 or round(width) < 1:
+        raise ValueError(
+            f'{name}={ratio!r} does not divide {channels} channels into a whole number '
+            f'({channels} * {ratio} = {width:g}); choose a ratio r with {channels} * r a positive integer')
+    return int(round(width))
+
+
+def check_pnnh_args(
+        coder_ratio: float = 1.0,
+        learner_ratio: float = 1.0,
+        coder_kernel: int = 1,
+        coder_init: str = 'dirac',
+        coder_norm: bool = False,
+) -> None:
+    """Validate the PNNH knobs (the ones the paper leaves open); raise ValueError naming the bad one."""
+    _check_ratio('coder_ratio', coder_ratio, 0.0, 1.0)
+    _check_ratio('learner_ratio', learner_ratio, 0.0, 4.0)
+    if coder_kernel not in CODER_KERNELS or isinstance(coder_kernel, bool):
+        raise ValueError(f'coder_kernel={coder_kernel!r} is not allowed: it must be one of {CODER_KERNELS}')
+    if coder_init not in CODER_INITS:
+        raise ValueError(f'coder_init={coder_init!r} is not allowed: it must be one of {CODER_INITS}')
+    if not isinstance(coder_norm, bool):
+        raise ValueError(f'coder_norm={coder_norm!r} is not allowed: it must be True or False')
+
+
+class _Coder(nn.Module):
+    """The weight-sharing coder: encoder ``E`` (a conv C -> C_c) and decoder ``adj(E)``.
+
+    ``adj(E)`` is the transposed convolution with the *same* Parameter, so the decoder costs no
+    parameters and no weight copy: ``decode(z) = conv_transpose2d(z, E)``. For a non-negative input
+    and a Dirac ``E`` (C_c = C), ``decode(relu(encode(x))) == x`` exactly; for a random ``E`` the
+    result points along ``x`` in expectation. Not an ``nn.Conv2d``, so ResNet's Kaiming init leaves
+    the chosen ``coder_init`` alone.
+    """
+
+    def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
+                 norm_layer: Optional[Type[nn.Module]], device=None, dtype=None):
+        super().__init__()
+        self.padding = get_padding(kernel_size, 1, dilation)
+        self.dilation = dilation
+        self.weight = nn.Parameter(torch.empty(coder_channels, channels, kernel_size, kernel_size,
+                                               device=device, dtype=dtype))
+        self.norm = norm_layer(coder_channels, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.init == 'dirac':
+            nn.init.dirac_(self.weight)
+        elif self.init == 'orthogonal':
+            nn.init.orthogonal_(self.weight)
+        else:  # 'kaiming', scaled so that adj(E) relu(E x) keeps the input's magnitude in expectation
+            nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
+            self.weight.data.mul_(0.5 ** 0.5)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.conv2d(x, self.weight, None, 1, self.padding, self.dilation))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(z, self.weight, None, 1, self.padding, 0, 1, self.dilation)
+
+
+def _no_attn(attn_layer, block: str) -> None:
+    if attn_layer is not None:
+        raise ValueError(f'attn_layer={attn_layer!r} is not supported by {block}: it must be None')
+
+
+class PnnhBasicBlock(nn.Module):
+    """Stride-1 PNNH block for ResNet-18/34 and the CIFAR ResNets (C channels in and out).
+
+    With ``x`` the input, ``E`` the coder weight (C_c x C x k x k, k = ``coder_kernel``) and ``act``
+    the block's non-linearity::
+
+        coder   = conv_transpose(act(N_c(conv(x, E))), E)                # adj(E) act(E x)
+        learner = BN2(conv3x3(act(BN1(conv3x3(x, L1))), L2))            # C -> C_l -> C
+        y       = act(coder + drop_path(learner))
+
+    No term is the input itself: the block is plain. ``N_c`` is a BatchNorm over the coder
+    channels when ``coder_norm=True`` and nothing otherwise. ``BN2``'s scale starts at zero
+    (``zero_init_last``), so at initialisation the block is the coder alone. Written as one
+    convolution per layer the block is ``conv([E ; L1]) -> act -> conv([adj(E) | L2]) -> act``, and
+    it folds into exactly that at deployment. In training the two branches are summed instead:
+    the learner's BatchNorms need the learner's own batch statistics, which a concatenated
+    second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a 3x3 conv.
+
+    Parameters (C_c = coder_ratio * C, C_l = learner_ratio * C, k = coder_kernel)::
+
+        k*k*C_c*C  +  9*C*C_l  +  9*C_l*C  +  2*C_l  +  2*C  (+ 2*C_c if coder_norm)
+
+    ``drop_path`` drops the learner only (the coder is the path that stays, as the identity does in
+    a residual block). ``attn_layer`` is not supported.
+    """
+    expansion = 1
+
+    def __init__(
+            self,
+            inplanes: int,
+            planes: int,
+            stride: int = 1,
+            downsample: Optional[nn.Module] = None,
+            cardinality: int = 1,
+            base_width: int = 64,
+            reduce_first: int = 1,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.ReLU,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            attn_layer: Optional[Type[nn.Module]] = None,
+            aa_layer: Optional[Type[nn.Module]] = None,
+            drop_block: Optional[Type[nn.Module]] = None,
+            drop_path: Optional[nn.Module] = None,
+            coder_ratio: float = 1.0,
+            learner_ratio: float = 1.0,
+            coder_kernel: int = 1,
+            coder_init: str = 'dirac',
+            coder_norm: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm)
+        if stride != 1 or downsample is not None or inplanes != planes:
+            raise ValueError(
+                f'PnnhBasicBlock is for stride-1, same-width blocks: got stride={stride}, '
+                f'inplanes={inplanes}, planes={planes}, downsample={"set" if downsample is not None else None}')
+        if cardinality != 1 or base_width != 64:
+            raise ValueError(f'cardinality={cardinality}, base_width={base_width}: PnnhBasicBlock supports only 1 and 64')
+        _no_attn(attn_layer, 'PnnhBasicBlock')
+        channels = planes
+        learner_channels = coder_width(channels, learner_ratio, 'learner_ratio')
+        first_dilation = first_dilation or dilation
+
+        self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
+                            first_dilation, coder_init, norm_layer if coder_norm else None, **dd)
+        self.conv1 = nn.Conv2d(channels, learner_channels, 3, padding=first_dilation, dilation=first_dilation,
+                               bias=False, **dd)
+        self.bn1 = norm_layer(learner_channels, **dd)
+        self.drop_block = drop_block() if drop_block is not None else nn.Identity()
+        self.act1 = act_layer(inplace=True)
+        self.conv2 = nn.Conv2d(learner_channels, channels, 3, padding=dilation, dilation=dilation, bias=False, **dd)
+        self.bn2 = norm_layer(channels, **dd)
+        self.act2 = act_layer(inplace=True)
+        self.drop_path = drop_path
+
+    def zero_init_last(self) -> None:
+        """Zero the learner's last BN scale so that the block starts as its coder alone."""
+        if getattr(self.bn2, 'weight', None) is not None:
+            nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coded = self.coder.decode(self.act1(self.coder.encode(x)))
+        learned = self.conv1(x)
+        learned = self.bn1(learned)
+        learned = self.drop_block(learned)
+        learned = self.act1(learned)
+        learned = self.bn2(self.conv2(learned))
+        if self.drop_path is not None:
+            learned = self.drop_path(learned)
+        return self.act2(coded + learned)
+
+
+class PnnhBottleneck(nn.Module):
+    """Stride-1 PNNH bottleneck for ResNet-50/101/152 (C = 4 * planes channels in and out).
+
+    This project's design (the paper gives none): the coder crosses *both* non-linearities of the
+    bottleneck with one shared weight. With W = learner width (timm's bottleneck width times
+    ``learner_ratio``)::
+
+        coder   = conv_transpose(act(act(N_c(conv(x, E)))), E)                   # C -> C_c -> C
+        learner = BN3(conv1x1(act(BN2(conv3x3(act(BN1(conv1x1(x, L1))), L2))), L3))
+        y       = act(coder + drop_path(learner))
+
+    At deployment this is ``conv([E ; L1]) -> act -> conv(diag(I, L2)) -> act -> conv([adj(E) | L3])
+    -> act``: the middle conv passes the coder channels through a fixed identity (no parameters),
+    which is why the coder applies ``act`` twice (exact for any activation, a no-op for ReLU).
+
+    Parameters (C_c = coder_ratio * C, k = coder_kernel, g = cardinality)::
+
+        k*k*C_c*C  +  C*W  +  9*W*W/g  +  W*C  +  2*W  +  2*W  +  2*C  (+ 2*C_c if coder_norm)
+    """
+    expansion = 4
+
+    def __init__(
+            self,
+            inplanes: int,
+            planes: int,
+            stride: int = 1,
+            downsample: Optional[nn.Module] = None,
+            cardinality: int = 1,
+            base_width: int = 64,
+            reduce_first: int = 1,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.ReLU,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            attn_layer: Optional[Type[nn.Module]] = None,
+            aa_layer: Optional[Type[nn.Module]] = None,
+            drop_block: Optional[Type[nn.Module]] = None,
+            drop_path: Optional[nn.Module] = None,
+            coder_ratio: float = 1.0,
+            learner_ratio: float = 1.0,
+            coder_kernel: int = 1,
+            coder_init: str = 'dirac',
+            coder_norm: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm)
+        channels = planes * self.expansion
+        if stride != 1 or downsample is not None or inplanes != channels:
+            raise ValueError(
+                f'PnnhBottleneck is for stride-1, same-width blocks: got stride={stride}, '
+                f'inplanes={inplanes}, planes*4={channels}, downsample={"set" if downsample is not None else None}')
+        _no_attn(attn_layer, 'PnnhBottleneck')
+        width = int(planes * (base_width / 64)) * cardinality
+        width = coder_width(width, learner_ratio, 'learner_ratio')
+        if width % cardinality:
+            raise ValueError(f'learner_ratio={learner_ratio!r} gives a learner width {width} '
+                             f'not divisible by cardinality={cardinality}')
+        first_dilation = first_dilation or dilation
+
+        self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
+                            first_dilation, coder_init, norm_layer if coder_norm else None, **dd)
+        self.conv1 = nn.Conv2d(channels, width, 1, bias=False, **dd)
+        self.bn1 = norm_layer(width, **dd)
+        self.act1 = act_layer(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=first_dilation, dilation=first_dilation,
+                               groups=cardinality, bias=False, **dd)
+        self.bn2 = norm_layer(width, **dd)
+        self.drop_block = drop_block() if drop_block is not None else nn.Identity()
+        self.act2 = act_layer(inplace=True)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False, **dd)
+        self.bn3 = norm_layer(channels, **dd)
+        self.act3 = act_layer(inplace=True)
+        self.drop_path = drop_path
+
+    def zero_init_last(self) -> None:
+        """Zero the learner's last BN scale so that the block starts as its coder alone."""
+        if getattr(self.bn3, 'weight', None) is not None:
+            nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coded = self.coder.decode(self.act2(self.act1(self.coder.encode(x))))
+        learned = self.act1(self.bn1(self.conv1(x)))
+        learned = self.bn2(self.conv2(learned))
+        learned = self.drop_block(learned)
+        learned = self.act2(learned)
+        learned = self.bn3(self.conv3(learned))
+        if self.drop_path is not None:
+            learned = self.drop_path(learned)
+        return self.act3(coded + learned)
+
+
+class PlainBasicBlock(BasicBlock):
+    """timm's ``BasicBlock`` with its shortcut removed: ``act(BN2(conv(act(BN1(conv(x))))))``.
+
+    The plain baseline. A block that changes stride or width downsamples with its own strided first
+    conv; the projection ``downsample`` ResNet offers is dropped. ``zero_init_last`` is a no-op
+    (zeroing the last BN would zero the whole signal), and ``drop_path`` drops the block's output,
+    which is what removing the add and nothing else leaves.
+    """
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
+        super().__init__(inplanes, planes, stride, None, **kwargs)
+
+    def zero_init_last(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.drop_block(x)
+        x = self.act1(x)
+        x = self.aa(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        return self.act2(x)
+
+
+class PlainBottleneck(Bottleneck):
+    """timm's ``Bottleneck`` with its shortcut removed (see ``PlainBasicBlock``)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
+        super().__init__(inplanes, planes, stride, None, **kwargs)
+
+    def zero_init_last(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        x = self.drop_block(x)
+        x = self.act2(x)
+        x = self.aa(x)
+        x = self.conv3(x)
+        x = self.bn3(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        return self.act3(x)
+
+
+class BlockSelector:
+    """A ``block_fn`` for timm's ``ResNet`` that picks the block per position (paper, Figure 2).
+
+    Stride-1, same-width blocks become ``pnnh_block``; the blocks that change stride or width keep
+    ``transition_block`` (timm's residual block, or the plain one when the model is built with
+    ``plain_transitions=True``). ResNet reads ``expansion`` and calls the selector like a class.
+    """
+
+    def __init__(self, pnnh_block, transition_block, **pnnh_kwargs):
+        if pnnh_block.expansion != transition_block.expansion:
+            raise ValueError('pnnh_block and transition_block must have the same expansion')
+        self.expansion = pnnh_block.expansion
+        self.pnnh_block = pnnh_block
+        self.transition_block = transition_block
+        self.pnnh_kwargs = pnnh_kwargs
+
+    def __call__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
+        if stride == 1 and downsample is None and inplanes == planes * self.expansion:
+            return self.pnnh_block(inplanes, planes, **kwargs, **self.pnnh_kwargs)
+        return self.transition_block(inplanes, planes, stride, downsample, **kwargs)

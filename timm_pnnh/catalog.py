@@ -1,0 +1,57 @@
+"""``timm-pnnh models``: every registered model with its parameters and GFLOPs at its default input."""
+import json
+from typing import Dict, List
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from timm_pnnh.models import registered_models
+
+
+def family_of(name: str) -> str:
+    if name.startswith('pnnh_'):
+        return 'pnnh'
+    if name.startswith('plain_'):
+        return 'plain'
+    return 'residual'
+
+
+def describe(name: str) -> Dict:
+    """Parameters and forward GFLOPs (a multiply-add counts as 2 FLOPs) of ``name`` at batch 1."""
+    model = timm.create_model(name).eval()
+    input_size = tuple(model.pretrained_cfg['input_size'])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size))
+    return dict(model=name, family=family_of(name), input_size=list(input_size),
+                params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                gflops=counter.get_total_flops() / 1e9)
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    lines = ['| model | family | input | params (M) | GFLOPs |', '| --- | --- | --- | ---: | ---: |']
+    for row in rows:
+        size = 'x'.join(str(s) for s in row['input_size'])
+        lines.append(f"| `{row['model']}` | {row['family']} | {size} | {row['params_m']:.3f} | {row['gflops']:.3f} |")
+    return '\n'.join(lines)
+
+
+def run(args) -> int:
+    names = registered_models(args.filter)
+    if not names:
+        print(f'no registered model matches --filter {args.filter!r}')
+        return 1
+    if args.names_only:
+        print('\n'.join(names))
+        return 0
+    rows = [describe(name) for name in names]
+    print(json.dumps(rows, indent=1) if args.format == 'json' else markdown_table(rows))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser('models', help='list the registered models with params and GFLOPs')
+    parser.add_argument('--filter', default='', help="timm wildcard pattern, e.g. 'pnnh_resnet*'")
+    parser.add_argument('--format', choices=('markdown', 'json'), default='markdown')
+    parser.add_argument('--names-only', action='store_true', help='print the names only (fast)')
+    parser.set_defaults(func=run)

@@ -1,0 +1,16 @@
+"""Model families; importing this package registers every model with timm."""
+from typing import List
+
+import timm
+
+from timm_pnnh.models import pnnh_resnet  # noqa: F401  (registers the ResNet families)
+
+FAMILY_MODULES = ('pnnh_resnet',)
+
+
+def registered_models(pattern: str = '') -> List[str]:
+    """Every model name this package registers (optionally filtered by a timm wildcard pattern)."""
+    names = []
+    for module in FAMILY_MODULES:
+        names += timm.list_models(pattern or '', module=module)
+    return names
