@@ -272,6 +272,7 @@ class PnnhBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, channels, 1, bias=False, **dd)
         self.bn3 = norm_layer(channels, **dd)
         self.act3 = act_layer(inplace=True)
+        self.coder_act = act_layer()  # the coder's pass through the middle non-linearity (not in place)
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -280,7 +281,7 @@ class PnnhBottleneck(nn.Module):
             nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        coded = self.coder.decode(self.act2(self.act1(self.coder.encode(x))))
+        coded = self.coder.decode(self.coder_act(self.act1(self.coder.encode(x))))
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)

@@ -47,15 +47,14 @@ FAMILIES = ('pnnh', 'plain', 'residual')
 class CifarResNet(ResNet):
     """timm's ``ResNet`` with the CIFAR stem of He et al. (2016, section 4.2).
 
-    A 3x3 stride-1 convolution to ``channels[0]``, no max-pool, and ``len(channels)`` stages (three
-    by default) whose first stride is 1 and then 2. Everything else -- blocks, head, init, grad
+    A 3x3 stride-1 convolution to ``channels[0]``, no max-pool, and three stages (strides 1, 2, 2). Everything else -- blocks, head, init, grad
     checkpointing, ``group_matcher``, ``reset_classifier`` -- is timm's.
     """
 
     def __init__(self, block, layers: Tuple[int, ...], channels: Tuple[int, ...] = (16, 32, 64),
                  in_chans: int = 3, **kwargs):
-        if len(layers) != len(channels):
-            raise ValueError(f'layers={tuple(layers)} and channels={tuple(channels)} must have the same length')
+        if len(layers) != 3 or len(channels) != 3:
+            raise ValueError(f'layers={tuple(layers)}, channels={tuple(channels)}: CifarResNet has exactly 3 stages')
         if channels[0] % 2:
             raise ValueError(f'channels={tuple(channels)}: the first stage width must be even')
         # a 'deep' stem of width channels[0] // 2 makes ResNet build layer1 for channels[0] inputs;
@@ -66,7 +65,7 @@ class CifarResNet(ResNet):
         self.conv1 = nn.Conv2d(in_chans, channels[0], 3, stride=1, padding=1, bias=False, **dd)
         nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
         self.maxpool = nn.Identity()
-        self.stage_names = tuple(f'layer{i + 1}' for i in range(len(channels)))
+        self.stage_names = ('layer1', 'layer2', 'layer3')
         self.feature_info[0]['reduction'] = 1
         for i, info in enumerate(self.feature_info[1:]):
             info['reduction'] = 2 ** i
@@ -120,10 +119,11 @@ class CifarResNet(ResNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([getattr(self, name) for name in self.stage_names], x, flatten=True)
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
         else:
-            for name in self.stage_names:
-                x = getattr(self, name)(x)
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
         return x
 
 
@@ -158,7 +158,9 @@ def _create(variant: str, pretrained: bool, family: str, bottleneck: bool, layer
         block = PlainBottleneck if bottleneck else PlainBasicBlock
     else:
         block = residual_block
-    return build_model_with_cfg(model_cls, variant, pretrained, block=block, layers=layers, **kwargs)
+    feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
+                                **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

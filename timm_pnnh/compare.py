@@ -1,0 +1,52 @@
+"""``timm-pnnh compare``: train a few models with one shared recipe on Fashion-MNIST, side by side."""
+import math
+import sys
+
+import torch
+
+from timm_pnnh.data import HOW_TO_GET, load_fashion_mnist
+from timm_pnnh.training import Recipe, train_and_evaluate
+
+DEFAULT_MODELS = ('pnnh_resnet20', 'plain_resnet20', 'cifar_resnet20')
+
+
+def run(args) -> int:
+    try:
+        train_images, train_labels = load_fashion_mnist(args.data_dir, train=True)
+        test = load_fashion_mnist(args.data_dir, train=False)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if not 0 < args.train_size <= len(train_images):
+        print(f'--train-size={args.train_size} is not allowed: it must be in [1, {len(train_images)}]', file=sys.stderr)
+        return 2
+    subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:args.train_size]
+    train = (train_images[subset], train_labels[subset])
+    recipe = Recipe(steps=math.ceil(args.epochs * args.train_size / args.batch_size), batch_size=args.batch_size, lr=args.lr)
+    print(f'Fashion-MNIST: {args.train_size} training images x {args.epochs} epoch(s) = {recipe.steps} steps of '
+          f'{recipe.batch_size}; test on {len(test[0])} images; seed {args.seed}; {torch.get_num_threads()} CPU threads')
+    results = []
+    for name in args.models:
+        def progress(step, loss, name=name):
+            if (step + 1) % max(1, recipe.steps // 5) == 0 or step + 1 == recipe.steps:
+                print(f'  {name}: step {step + 1}/{recipe.steps} loss {loss:.3f}', flush=True)
+        results.append(train_and_evaluate(name, train, test, recipe, seed=args.seed, progress=progress))
+    print()
+    print('| model | params | test acc (%) | final train loss | train img/s |')
+    print('| --- | ---: | ---: | ---: | ---: |')
+    for r in results:
+        print(f'| {r.model} | {r.params / 1e3:.0f}k | {r.test_acc:.2f} | {r.final_train_loss:.3f} | {r.train_images_per_s:.0f} |')
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'compare', help='train models side by side on Fashion-MNIST with one shared short recipe')
+    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS))
+    parser.add_argument('--epochs', type=float, default=1.0)
+    parser.add_argument('--train-size', type=int, default=12800, help='training images drawn (by seed) for the epoch')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--lr', type=float, default=0.1)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (default: ~/.cache/timm_pnnh/data; Debian\'s package is found on its own)')
+    parser.set_defaults(func=run)

@@ -1,0 +1,68 @@
+"""Fashion-MNIST, found where it already is: torchvision's layout or Debian's package.
+
+torchvision's ``FashionMNIST`` reads the uncompressed IDX files from ``ROOT/FashionMNIST/raw/``.
+Debian's ``dataset-fashion-mnist`` installs the gzipped originals in ``/usr/share/datasets/fashion-mnist/``.
+``prepare_fashion_mnist`` lays the latter out as the former (decompressing into a temporary file, then
+renaming it, so no half-written file is left); nothing is downloaded.
+"""
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+DEBIAN_DIR = Path('/usr/share/datasets/fashion-mnist')
+DEFAULT_ROOT = Path(os.environ.get('TIMM_PNNH_DATA', Path.home() / '.cache' / 'timm_pnnh' / 'data'))
+FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+# Fashion-MNIST training-set statistics (pixel values scaled to [0, 1])
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+HOW_TO_GET = (
+    'Fashion-MNIST was not found. Install it with Debian\'s package\n'
+    '    apt-get update && apt-get install -y dataset-fashion-mnist\n'
+    f'(files in {DEBIAN_DIR}), or put the four IDX files ({", ".join(FILES)}, optionally .gz)\n'
+    'in DATA_ROOT/FashionMNIST/raw/ and pass --data-dir DATA_ROOT.')
+
+
+def _find_source(name: str, search: Tuple[Path, ...]) -> Optional[Path]:
+    for folder in search:
+        for candidate in (folder / name, folder / f'{name}.gz'):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def prepare_fashion_mnist(root: Optional[os.PathLike] = None) -> Path:
+    """Make ``root/FashionMNIST/raw/`` hold the four uncompressed IDX files; return ``root``.
+
+    Looks in ``root/FashionMNIST/raw`` (plain or .gz) and in Debian's folder. Raises FileNotFoundError
+    with instructions when a file is nowhere to be found.
+    """
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    raw = root / 'FashionMNIST' / 'raw'
+    search = (raw, DEBIAN_DIR)
+    missing = [name for name in FILES if not (raw / name).is_file()]
+    sources = {name: _find_source(name, search) for name in missing}
+    absent = [name for name, src in sources.items() if src is None]
+    if absent:
+        raise FileNotFoundError(f'{HOW_TO_GET}\nMissing: {", ".join(absent)} (looked in {raw} and {DEBIAN_DIR})')
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        opener = gzip.open if src.suffix == '.gz' else open
+        with opener(src, 'rb') as fin, tempfile.NamedTemporaryFile(dir=raw, prefix=f'.{name}.', delete=False) as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(fout.name, raw / name)
+    return root
+
+
+def load_fashion_mnist(root: Optional[os.PathLike] = None, train: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images as a float tensor (N, 1, 28, 28) normalised with the dataset's mean/std, and labels (N,)."""
+    from torchvision.datasets import FashionMNIST
+    dataset = FashionMNIST(str(prepare_fashion_mnist(root)), train=train, download=False)
+    images = dataset.data.unsqueeze(1).float().div_(255)
+    images = images.sub_(FASHION_MNIST_MEAN[0]).div_(FASHION_MNIST_STD[0])
+    return images, dataset.targets.clone()
