@@ -1,5 +1,9 @@
 """``timm-pnnh models``: every registered model with its parameters and GFLOPs at its default input."""
 import json
+import os
+import re
+import tempfile
+from pathlib import Path
 from typing import Dict, List
 
 import timm
@@ -36,6 +40,22 @@ def markdown_table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+TABLE_MARKERS = ('<!-- models-table:start -->', '<!-- models-table:end -->')
+
+
+def write_table_into(path: os.PathLike, table: str) -> None:
+    """Replace the text between the models-table markers of ``path`` (a README) with ``table``."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = (re.escape(m) for m in TABLE_MARKERS)
+    if not re.search(f'{start}.*?{end}', text, re.S):
+        raise ValueError(f'--write-readme={str(path)!r}: the file has no {TABLE_MARKERS[0]} ... {TABLE_MARKERS[1]} block')
+    new = re.sub(f'{start}.*?{end}', lambda _: f'{TABLE_MARKERS[0]}\n{table}\n{TABLE_MARKERS[1]}', text, flags=re.S)
+    with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False, suffix='.tmp') as tmp:
+        tmp.write(new)
+    os.replace(tmp.name, path)
+
+
 def run(args) -> int:
     names = registered_models(args.filter)
     if not names:
@@ -46,6 +66,8 @@ def run(args) -> int:
         return 0
     rows = [describe(name) for name in names]
     print(json.dumps(rows, indent=1) if args.format == 'json' else markdown_table(rows))
+    if args.write_readme:
+        write_table_into(args.write_readme, markdown_table(rows))
     return 0
 
 
@@ -54,4 +76,6 @@ def register(subparsers) -> None:
     parser.add_argument('--filter', default='', help="timm wildcard pattern, e.g. 'pnnh_resnet*'")
     parser.add_argument('--format', choices=('markdown', 'json'), default='markdown')
     parser.add_argument('--names-only', action='store_true', help='print the names only (fast)')
+    parser.add_argument('--write-readme', metavar='README', default=None,
+                        help='also write the markdown table between the models-table markers of this file')
     parser.set_defaults(func=run)

@@ -1,0 +1,100 @@
+"""The command line, Fashion-MNIST discovery and the shared short training recipe."""
+import gzip
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from timm_pnnh import data
+from timm_pnnh.catalog import describe, markdown_table
+from timm_pnnh.cli import main
+from timm_pnnh.models import registered_models
+from timm_pnnh.training import Recipe, train_and_evaluate
+
+README = Path(__file__).resolve().parents[1] / 'README.md'
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool):
+    header = struct.pack('>HBB', 0, 0x08, array.ndim) + b''.join(struct.pack('>I', d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, 'wb').write(payload)
+
+
+@pytest.fixture
+def fake_fashion_mnist(tmp_path, monkeypatch):
+    """A small dataset in Fashion-MNIST's IDX format, gzipped like Debian's package."""
+    debian = tmp_path / 'debian'
+    debian.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 256), ('t10k', 64)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28)) + (labels[:, None, None] * 20)  # class-dependent brightness
+        _write_idx(debian / f'{split}-images-idx3-ubyte.gz', images, gz=True)
+        _write_idx(debian / f'{split}-labels-idx1-ubyte.gz', labels, gz=True)
+    monkeypatch.setattr(data, 'DEBIAN_DIR', debian)
+    return tmp_path / 'root'
+
+
+def test_prepare_lays_out_debians_files_for_torchvision(fake_fashion_mnist):
+    root = data.prepare_fashion_mnist(fake_fashion_mnist)
+    raw = root / 'FashionMNIST' / 'raw'
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data.FILES)  # no temporary file left behind
+    images, labels = data.load_fashion_mnist(root, train=True)
+    assert images.shape == (256, 1, 28, 28) and labels.shape == (256,)
+    assert data.load_fashion_mnist(root, train=False)[0].shape == (64, 1, 28, 28)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, 'DEBIAN_DIR', tmp_path / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
+        data.prepare_fashion_mnist(tmp_path)
+    assert main(['compare', '--data-dir', str(tmp_path)]) == 2
+    assert 'dataset-fashion-mnist' in capsys.readouterr().err
+
+
+def test_compare_trains_models_side_by_side(fake_fashion_mnist, capsys):
+    code = main(['compare', '--data-dir', str(fake_fashion_mnist), '--train-size', '64', '--batch-size', '32',
+                 '--models', 'pnnh_resnet20', 'plain_resnet20'])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith('| ') and 'resnet20' in line]
+    assert [r.split('|')[1].strip() for r in rows] == ['pnnh_resnet20', 'plain_resnet20']
+    assert '2 steps of 32' in out
+
+
+def test_training_is_seeded_and_learns():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (256,), generator=gen)
+    images = torch.randn(256, 1, 16, 16, generator=gen) * 0.5 + labels[:, None, None, None].float()
+    recipe = Recipe(steps=30, batch_size=32, lr=0.05)
+    first = train_and_evaluate('pnnh_resnet20', (images, labels), (images[:64], labels[:64]), recipe, seed=3)
+    again = train_and_evaluate('pnnh_resnet20', (images, labels), (images[:64], labels[:64]), recipe, seed=3)
+    assert first.test_acc == again.test_acc and first.final_train_loss == again.final_train_loss
+    assert first.test_acc > 80.0  # a separable two-class task; chance is 50%
+    assert first.params == sum(p.numel() for p in __import__('timm').create_model(
+        'pnnh_resnet20', num_classes=2, in_chans=1).parameters())
+
+
+@pytest.mark.parametrize('field, value', [('steps', 0), ('batch_size', -1), ('lr', float('nan')),
+                                          ('warmup_fraction', 1.0)])
+def test_recipe_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=f'{field}={value!r}'.replace('(', r'\(')):
+        Recipe(**{field: value})
+
+
+def test_models_command_lists_every_registered_model():
+    out = subprocess.run([sys.executable, '-m', 'timm_pnnh', 'models', '--names-only'], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == registered_models() and len(out) >= 25
+
+
+def test_readme_models_table_is_the_commands_output():
+    text = README.read_text()
+    match = re.search(r'<!-- models-table:start -->\n(.*?)\n<!-- models-table:end -->', text, re.S)
+    assert match, 'README.md lacks the generated models table'
+    assert match.group(1).strip() == markdown_table([describe(name) for name in registered_models()]).strip()

@@ -1,0 +1,149 @@
+"""Structure of the PNNH blocks read off the built models: plain, weight-shared, counted, coder-first."""
+import pytest
+import timm
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import timm_pnnh  # noqa: F401
+from timm_pnnh.blocks import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
+
+PNNH_NAMES = timm.list_models('pnnh_resnet*')
+KNOB_VARIANTS = [
+    {},
+    dict(coder_ratio=0.5, learner_ratio=0.5),
+    dict(coder_kernel=3, coder_init='kaiming'),
+    dict(coder_norm=True, coder_init='orthogonal'),
+]
+
+
+def pnnh_blocks(model):
+    return [m for m in model.modules() if isinstance(m, (PnnhBasicBlock, PnnhBottleneck))]
+
+
+def closed_form_params(block, coder_ratio, learner_ratio, coder_kernel, coder_norm):
+    """The counts written in the PnnhBasicBlock / PnnhBottleneck docstrings."""
+    if isinstance(block, PnnhBasicBlock):
+        c = block.conv2.out_channels
+        cc, cl = int(coder_ratio * c), int(learner_ratio * c)
+        return coder_kernel ** 2 * cc * c + 9 * c * cl + 9 * cl * c + 2 * cl + 2 * c + (2 * cc if coder_norm else 0)
+    c = block.conv3.out_channels
+    w = int(learner_ratio * c // 4)
+    cc = int(coder_ratio * c)
+    return coder_kernel ** 2 * cc * c + c * w + 9 * w * w + w * c + 4 * w + 2 * c + (2 * cc if coder_norm else 0)
+
+
+@pytest.mark.parametrize('name', PNNH_NAMES)
+def test_no_add_takes_a_stride1_block_input(name):
+    model = timm.create_model(name)
+    blocks = pnnh_blocks(model)
+    assert blocks, f'{name} has no PNNH block'
+    for block in blocks[:3]:
+        graph = torch.fx.symbolic_trace(block).graph
+        (inp,) = [n for n in graph.nodes if n.op == 'placeholder']
+        adds = [n for n in graph.nodes if n.target in (torch.add, torch.Tensor.add, '__add__', 'add', 'add_', '__iadd__')
+                or getattr(n.target, '__name__', '') in ('add', 'iadd', 'add_')]
+        assert adds, 'expected the coder + learner sum'
+        for node in adds:
+            assert inp not in node.args, f'{name}: an add takes the block input as an operand'
+
+
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50'])
+def test_decoder_runs_on_the_encoders_storage(name):
+    """conv2d (encoder) and conv_transpose2d (decoder) receive the very same weight storage."""
+    block = pnnh_blocks(timm.create_model(name))[0]
+    weights = {}
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (F.conv2d, F.conv_transpose2d) and args[1].dim() == 4:
+                weights.setdefault(func.__name__, []).append(args[1].data_ptr())
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        block(torch.relu(torch.randn(1, block.coder.weight.shape[1], 8, 8)))
+    assert weights['conv_transpose2d'] == [block.coder.weight.data_ptr()]
+    assert block.coder.weight.data_ptr() in weights['conv2d']
+    assert sum(p is block.coder.weight for p in block.parameters()) == 1
+
+
+@pytest.mark.parametrize('knobs', KNOB_VARIANTS, ids=lambda k: ','.join(f'{a}={b}' for a, b in k.items()) or 'default')
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet56', 'pnnh_resnet34', 'pnnh_resnet50'])
+def test_parameter_count_matches_the_docstring_closed_form(name, knobs):
+    model = timm.create_model(name, **knobs)
+    defaults = dict(coder_ratio=0.25 if name == 'pnnh_resnet50' else 1.0, learner_ratio=1.0, coder_kernel=1, coder_norm=False)
+    settings = {**defaults, **{k: v for k, v in knobs.items() if k in defaults}}
+    blocks = pnnh_blocks(model)
+    for block in blocks:
+        assert sum(p.numel() for p in block.parameters()) == closed_form_params(block, **settings)
+    # the whole model: the residual baseline, with every stride-1 block swapped for the closed form
+    baseline = timm.create_model(name.replace('pnnh_', 'cifar_' if name in ('pnnh_resnet20', 'pnnh_resnet56') else ''))
+    baseline_blocks = {n: m for n, m in baseline.named_modules()}
+    swapped = sum(sum(p.numel() for p in baseline_blocks[n].parameters())
+                  for n, m in model.named_modules() if m in blocks)
+    expected = sum(p.numel() for p in baseline.parameters()) - swapped + sum(
+        closed_form_params(b, **settings) for b in blocks)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def _cosine(a, b):
+    return F.cosine_similarity(a.flatten(1), b.flatten(1)).mean().item()
+
+
+@pytest.mark.parametrize('coder_init', ['dirac', 'kaiming', 'orthogonal'])
+def test_coder_keeps_the_input_better_than_a_plain_layer(coder_init):
+    """At initialisation (ResNet's init and zero_init_last) on a post-ReLU input of the last stage."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(16, 64, 12, 12))
+    block = pnnh_blocks(timm.create_model('pnnh_resnet20', coder_init=coder_init))[-1].eval()
+    plain = [m for m in timm.create_model('plain_resnet20').modules() if isinstance(m, PlainBasicBlock)][-1].eval()
+    with torch.no_grad():
+        coder_out = block.coder.decode(torch.relu(block.coder.encode(x)))
+        block_out, plain_out = block(x), plain(x)
+    coder_cos, plain_cos = _cosine(coder_out, x), _cosine(plain_out, x)
+    assert coder_cos > plain_cos + 0.1, (coder_cos, plain_cos)
+    assert _cosine(block_out, x) > plain_cos + 0.1
+    if coder_init == 'dirac':
+        torch.testing.assert_close(coder_out, x)  # exact for a non-negative input
+        torch.testing.assert_close(block_out, x)  # the learner starts at zero: the block is its coder
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(coder_ratio=1.5), 'coder_ratio=1.5'),
+    (dict(coder_ratio=0), 'coder_ratio=0'),
+    (dict(learner_ratio=-1.0), 'learner_ratio=-1.0'),
+    (dict(coder_ratio=0.3), 'coder_ratio=0.3 does not divide 16 channels'),
+    (dict(learner_ratio=0.1), 'learner_ratio=0.1 does not divide'),
+    (dict(coder_kernel=2), 'coder_kernel=2'),
+    (dict(coder_init='xavier'), "coder_init='xavier'"),
+    (dict(coder_norm='yes'), "coder_norm='yes'"),
+    (dict(plain_transitions=1), 'plain_transitions=1'),
+    (dict(colour='red'), "unknown model argument colour='red'"),
+])
+def test_bad_arguments_raise_a_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('.', r'\.')):
+        timm.create_model('pnnh_resnet20', **kwargs)
+
+
+def test_baselines_reject_pnnh_knobs():
+    for name in ('plain_resnet20', 'cifar_resnet20', 'plain_resnet18'):
+        with pytest.raises(ValueError, match=f'{name}: unknown model argument coder_ratio=0.5'):
+            timm.create_model(name, coder_ratio=0.5)
+
+
+def _add_count(model):
+    graph = torch.fx.symbolic_trace(model).graph
+    return sum(1 for n in graph.nodes if getattr(n.target, '__name__', str(n.target)) in ('add', 'iadd', '__add__'))
+
+
+def test_plain_transitions_remove_every_shortcut():
+    default = timm.create_model('pnnh_resnet20')
+    plain_transitions = timm.create_model('pnnh_resnet20', plain_transitions=True)
+    assert len([m for m in default.modules() if getattr(m, 'downsample', None) is not None]) == 2
+    assert not [m for m in plain_transitions.modules() if getattr(m, 'downsample', None) is not None]
+    # one add per PNNH block (coder + learner) and, by default, the two residual transition blocks' adds
+    assert _add_count(plain_transitions) == len(pnnh_blocks(plain_transitions)) == 7
+    assert _add_count(default) == 7 + 2
+    assert _add_count(timm.create_model('plain_resnet20')) == 0
+    assert _add_count(timm.create_model('cifar_resnet20')) == 9
