@@ -12,6 +12,7 @@ from typing import List, Optional
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
     'timm_pnnh.compare',
+    'timm_pnnh.hub',
 )
 
 

@@ -14,12 +14,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from timm_pnnh.models._cfgs import FMNIST_MEAN, FMNIST_STD
+
 DEBIAN_DIR = Path('/usr/share/datasets/fashion-mnist')
 DEFAULT_ROOT = Path(os.environ.get('TIMM_PNNH_DATA', Path.home() / '.cache' / 'timm_pnnh' / 'data'))
 FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-# Fashion-MNIST training-set statistics (pixel values scaled to [0, 1])
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
 
 HOW_TO_GET = (
     'Fashion-MNIST was not found. Install it with Debian\'s package\n'
@@ -64,5 +63,5 @@ def load_fashion_mnist(root: Optional[os.PathLike] = None, train: bool = True) -
     from torchvision.datasets import FashionMNIST
     dataset = FashionMNIST(str(prepare_fashion_mnist(root)), train=train, download=False)
     images = dataset.data.unsqueeze(1).float().div_(255)
-    images = images.sub_(FASHION_MNIST_MEAN[0]).div_(FASHION_MNIST_STD[0])
+    images = images.sub_(FMNIST_MEAN[0]).div_(FMNIST_STD[0])
     return images, dataset.targets.clone()

@@ -23,12 +23,14 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_pnnh.blocks import (
     BlockSelector, PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck, check_pnnh_args)
+from timm_pnnh.models._cfgs import (
+    CIFAR10_LABELS, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, PAPER_ID, build_model_with_hub, hub_cfgs)
 
 __all__ = ['CifarResNet', 'PNNH_KNOBS', 'IMAGENET_DEPTHS', 'CIFAR_DEPTHS']
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-PAPER = 'arXiv:2402.08645'
+PAPER = PAPER_ID
 
 # defaults of the knobs the paper leaves open (see README "The PNNH block" and the ablation)
 PNNH_KNOBS: Dict[str, Any] = dict(
@@ -41,6 +43,8 @@ BOTTLENECK_CODER_RATIO = 0.25
 IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+# depths with a Fashion-MNIST weight tag (1x28x28 input); the default tag stays .cifar10 (3x32x32)
+FMNIST_DEPTHS = (20, 56)
 FAMILIES = ('pnnh', 'plain', 'residual')
 
 
@@ -159,7 +163,7 @@ def _create(variant: str, pretrained: bool, family: str, bottleneck: bool, layer
     else:
         block = residual_block
     feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
-    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
+    return build_model_with_hub(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
                                 **kwargs)
 
 
@@ -172,7 +176,12 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 def _cifar_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
-                mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
+                mean=CIFAR10_MEAN, std=CIFAR10_STD, label_names=CIFAR10_LABELS, **kwargs)
+
+
+def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
+    return _cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(7, 7), crop_pct=1.0,
+                mean=FMNIST_MEAN, std=FMNIST_STD, label_names=FMNIST_LABELS, **kwargs)
 
 
 def model_names(family: str) -> List[str]:
@@ -182,10 +191,12 @@ def model_names(family: str) -> List[str]:
     return imagenet + [f'{cifar_prefix}_resnet{d}' for d in CIFAR_DEPTHS]
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(hub_cfgs({
     **{f'{name}.in1k': _cfg() for family in ('pnnh', 'plain') for name in model_names(family)[:5]},
     **{f'{name}.cifar10': _cifar_cfg() for family in FAMILIES for name in model_names(family)[-5:]},
-})
+    **{f'{name}.fmnist': _fmnist_cfg() for family in FAMILIES for name in model_names(family)[-5:]
+       if int(name.rsplit('resnet', 1)[1]) in FMNIST_DEPTHS},
+}))
 
 
 def _register(family: str, name: str, depth: int, cifar: bool) -> None:
