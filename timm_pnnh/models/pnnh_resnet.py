@@ -16,13 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_pnnh.blocks import (
     BlockSelector, PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck, check_pnnh_args)
+from timm_pnnh.models._args import check_model_kwargs
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, PAPER_ID, build_model_with_hub, hub_cfgs)
 
@@ -131,23 +132,16 @@ class CifarResNet(ResNet):
         return x
 
 
-def _allowed_kwargs(model_cls, family: str) -> Tuple[str, ...]:
-    model_args = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
-    builder_args = set(inspect.signature(build_model_with_cfg).parameters)
-    allowed = (model_args | builder_args | {'features_only', 'out_indices', 'feature_cls', 'pruned'}) - {
-        'self', 'kwargs', 'block', 'layers', 'model_cls', 'variant', 'pretrained'}
-    if family == 'pnnh':
-        allowed |= set(PNNH_KNOBS) | {'plain_transitions'}
-    return tuple(sorted(allowed))
+def _model_args(model_cls, family: str) -> set:
+    names = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
+    names -= {'block', 'layers'}
+    return names | set(PNNH_KNOBS) | {'plain_transitions'} if family == 'pnnh' else names
 
 
 def _create(variant: str, pretrained: bool, family: str, bottleneck: bool, layers, cifar: bool, **kwargs):
     """Build one registered ResNet-family model; unknown or bad arguments raise ValueError."""
     model_cls = CifarResNet if cifar else ResNet
-    allowed = _allowed_kwargs(model_cls, family)
-    for name, value in kwargs.items():
-        if name not in allowed:
-            raise ValueError(f'{variant}: unknown model argument {name}={value!r}; allowed: {", ".join(allowed)}')
+    check_model_kwargs(variant, kwargs, _model_args(model_cls, family))
     residual_block = Bottleneck if bottleneck else BasicBlock
     if family == 'pnnh':
         defaults = dict(PNNH_KNOBS, coder_ratio=BOTTLENECK_CODER_RATIO) if bottleneck else PNNH_KNOBS
