@@ -17,21 +17,17 @@ import torch.nn.functional as F
 
 import timm_pnnh  # noqa: F401
 
+R2 = dict(coder_ratio=2.0)  # the signed-Dirac coder [I; -I]: exactly the identity at initialisation
 CONFIGS = {
     'residual (timm Block)': ('cifar_vit_tiny_patch4_32', {}),
     'plain': ('plain_vit_tiny_patch4_32', {}),
-    'pnnh default': ('pnnh_vit_tiny_patch4_32', {}),
-    'pnnh coder_ratio=1 dirac': ('pnnh_vit_tiny_patch4_32', dict(coder_ratio=1.0)),
-    'pnnh coder_ratio=1 orthogonal': ('pnnh_vit_tiny_patch4_32', dict(coder_ratio=1.0, coder_init='orthogonal')),
-    'pnnh coder_ratio=2 orthogonal': ('pnnh_vit_tiny_patch4_32', dict(coder_init='orthogonal')),
-    'pnnh coder_ratio=2 kaiming': ('pnnh_vit_tiny_patch4_32', dict(coder_init='kaiming')),
-    'pnnh coder_ratio=0.5 dirac': ('pnnh_vit_tiny_patch4_32', dict(coder_ratio=0.5)),
-    'pnnh coder_act=relu': ('pnnh_vit_tiny_patch4_32', dict(coder_act='relu')),
-    'pnnh coder_act=relu coder_ratio=1': ('pnnh_vit_tiny_patch4_32', dict(coder_act='relu', coder_ratio=1.0)),
-    'pnnh coder_norm=True': ('pnnh_vit_tiny_patch4_32', dict(coder_norm=True)),
-    'pnnh sequential': ('pnnh_vit_tiny_patch4_32', dict(arrangement='sequential')),
-    'pnnh zero_init_last=False': ('pnnh_vit_tiny_patch4_32', dict(zero_init_last=False)),
-    'pnnh layer scale 1e-5, no zero init': ('pnnh_vit_tiny_patch4_32', dict(zero_init_last=False, init_values=1e-5)),
+    'pnnh default (coder_ratio=1, dirac, GELU)': ('pnnh_vit_tiny_patch4_32', {}),
+    'pnnh coder_ratio=1 relu': ('pnnh_vit_tiny_patch4_32', dict(coder_act='relu')),
+    'pnnh coder_ratio=2 dirac': ('pnnh_vit_tiny_patch4_32', R2),
+    'pnnh coder_ratio=2 orthogonal': ('pnnh_vit_tiny_patch4_32', dict(R2, coder_init='orthogonal')),
+    'pnnh coder_ratio=2 coder_norm=True': ('pnnh_vit_tiny_patch4_32', dict(R2, coder_norm=True)),
+    'pnnh coder_ratio=2 sequential': ('pnnh_vit_tiny_patch4_32', dict(R2, arrangement='sequential')),
+    'pnnh coder_ratio=2 zero_init_last=False': ('pnnh_vit_tiny_patch4_32', dict(R2, zero_init_last=False)),
 }
 
 

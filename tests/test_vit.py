@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh.models import FAMILY_MODULES, registered_models
-from timm_pnnh.models.pnnh_vit import LinearCoder, PlainBlock, PnnhBlock, model_names
+from timm_pnnh.models.pnnh_vit import PNNH_VIT_KNOBS, LinearCoder, PlainBlock, PnnhBlock, model_names
 
 torch.set_num_threads(1)
 
@@ -69,6 +69,8 @@ def test_bad_pnnh_arguments(kwargs, match):
 def test_pnnh_knobs_are_unknown_to_baselines(name):
     with pytest.raises(ValueError, match=f'{name}: unknown model argument coder_ratio=1.0'):
         small_model(name, coder_ratio=1.0)
+    with pytest.raises(TypeError):  # timm's contract: an unknown constructor argument is a TypeError
+        small_model(name, not_a_model_arg=1)
 
 
 # ---------------------------------------------------------------- the coder and the block
@@ -132,7 +134,7 @@ def test_no_residual_add_in_plain_blocks():
 def test_pnnh_block_starts_as_identity_and_drop_path_drops_the_learner_only():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 16)
-    block = PnnhBlock(16, 2).eval()  # defaults: signed Dirac coder, zero-init learner outputs
+    block = PnnhBlock(16, 2, coder_ratio=2.0, coder_init='dirac').eval()  # signed Dirac, zero-init learner
     torch.testing.assert_close(block(x), x, atol=1e-6, rtol=1e-6)
     block = PnnhBlock(16, 2, zero_init_last=False, drop_path=1.0)
     block.train()
@@ -158,12 +160,12 @@ def _block_params(C, H, Cc, k, qkv_bias=True, proj_bias=True, layer_scale=False)
 
 
 @pytest.mark.parametrize('kwargs', [
-    {}, dict(coder_ratio=1.0), dict(coder_ratio=0.5, arrangement='sequential'),
+    {}, dict(coder_ratio=2.0), dict(coder_ratio=0.5, arrangement='sequential'),
     dict(qkv_bias=False, init_values=1e-5, mlp_ratio=2.0)])
 def test_block_parameter_count_closed_form(kwargs):
     model = small_model('pnnh_vit_tiny_patch4_32', **kwargs)
     C, H = 32, int(32 * kwargs.get('mlp_ratio', 4.0))
-    Cc = int(C * kwargs.get('coder_ratio', 2.0))
+    Cc = int(C * kwargs.get('coder_ratio', PNNH_VIT_KNOBS['coder_ratio']))
     k = 2 if kwargs.get('arrangement') == 'sequential' else 1
     expected = _block_params(C, H, Cc, k, kwargs.get('qkv_bias', True), True, 'init_values' in kwargs)
     for block in model.blocks:
@@ -175,7 +177,7 @@ def test_model_parameter_count_closed_form(name):
     model = timm.create_model(name, device='meta')
     C, depth, patch = model.embed_dim, len(model.blocks), model.patch_embed.patch_size[0]
     tokens = model.patch_embed.num_patches + 1
-    Cc = 2 * C if name.startswith('pnnh') else 0
+    Cc = int(PNNH_VIT_KNOBS['coder_ratio'] * C) if name.startswith('pnnh') else 0
     stem = 3 * patch * patch * C + C + C + tokens * C  # patch embed (w + b), class token, position embedding
     head = 2 * C + C * model.num_classes + model.num_classes  # final norm, classifier
     expected = stem + depth * _block_params(C, 4 * C, Cc, 1) + head
