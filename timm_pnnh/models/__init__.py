@@ -4,8 +4,9 @@ from typing import List
 import timm
 
 from timm_pnnh.models import pnnh_resnet  # noqa: F401  (registers the ResNet families)
+from timm_pnnh.models import pnnh_vit  # noqa: F401  (registers the ViT families)
 
-FAMILY_MODULES = ('pnnh_resnet',)
+FAMILY_MODULES = ('pnnh_resnet', 'pnnh_vit')
 
 
 def registered_models(pattern: str = '') -> List[str]:
