@@ -1,24 +1,31 @@
 """conftest for running timm's own tests/test_models.py against the timm-pnnh models.
 
-Copied next to timm's test_models.py by .ci/run. Importing timm_pnnh registers our models before
-timm's test module builds its parameter lists. timm selects the models for its
-forward_intermediates tests by the *module* that registers them ('resnet', 'vision_transformer');
-ours live in 'pnnh_resnet' and 'pnnh_vit', so a module filter that names timm's module also
-selects ours.
+Appended to timm's tests/conftest.py by .ci/timm_suite. Importing timm_pnnh registers our models
+before timm's test module builds its parameter lists. timm classifies its models for those lists by
+name pattern and by registering module, and our models extend timm's classes under other names:
+* the forward_intermediates tests select timm's modules 'resnet' and 'vision_transformer'; ours
+  are 'pnnh_resnet' and 'pnnh_vit', so a module filter naming timm's module also names ours;
+* timm's ViTs ('vit_*') are "non-standard" (no spatial feature maps); so are ours ('*_vit_*').
 """
 import timm
 import timm.models._registry as registry
 
 import timm_pnnh  # noqa: F401  (registers the models)
 
-EXTENDS = {'resnet': 'pnnh_resnet', 'vision_transformer': 'pnnh_vit'}
+MODULES = {'resnet': ['pnnh_resnet'], 'vision_transformer': ['pnnh_vit']}
+PATTERNS = {'vit_*': ['pnnh_vit_*', 'plain_vit_*', 'cifar_vit_*']}
 _list_models = registry.list_models
 
 
-def list_models(*args, module='', **kwargs):
-    if isinstance(module, (list, tuple)):
-        module = list(module) + [ours for theirs, ours in EXTENDS.items() if theirs in module]
-    return _list_models(*args, module=module, **kwargs)
+def _extend(values, extra):
+    if isinstance(values, (list, tuple)):
+        return list(values) + [ours for theirs, names in extra.items() if theirs in values for ours in names]
+    return values
+
+
+def list_models(filter='', module='', *args, exclude_filters='', **kwargs):
+    return _list_models(_extend(filter, PATTERNS), _extend(module, MODULES), *args,
+                        exclude_filters=_extend(exclude_filters, PATTERNS), **kwargs)
 
 
 timm.list_models = registry.list_models = list_models

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,9 +52,9 @@ def test_registered_names_and_cfgs():
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(coder_init='xavier'), r"coder_init='xavier' is not allowed: it must be one of \('dirac'"),
-    (dict(coder_ratio=3.0), r'coder_ratio=3.0 is not allowed: it must be a number in \(0, 2\]'),
+    (dict(coder_ratio=3.0), r'coder_ratio=3.0 is not allowed: it must be a number in \(0.0, 2.0\]'),
     (dict(coder_ratio=True), r'coder_ratio=True is not allowed'),
-    (dict(coder_ratio=0.3), r'coder_ratio=0.3 does not give a whole number of coder channels for dim=32'),
+    (dict(coder_ratio=0.3), r'coder_ratio=0.3 does not divide 32 channels'),
     (dict(coder_act='tanh'), r"coder_act='tanh' is not allowed: it must be one of \('mlp', 'gelu', 'relu'\)"),
     (dict(coder_norm=1), r'coder_norm=1 is not allowed: it must be True or False'),
     (dict(arrangement='serial'), r"arrangement='serial' is not allowed: it must be one of \('parallel'"),
@@ -208,8 +209,8 @@ def test_drop_path_rate(name):
 @pytest.mark.parametrize('name', FAMILY_NAMES)
 def test_img_size_change_resamples_position_embedding(name, tmp_path):
     source = small_model(name)
-    path = tmp_path / 'weights.pth'
-    torch.save(source.state_dict(), path)
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     target = timm.create_model(name, pretrained=True, img_size=48, pretrained_cfg_overlay=dict(file=str(path)), **SMALL)
     assert target.pos_embed.shape == (1, 1 + 12 * 12, 32)
     expected = resample_abs_pos_embed(source.pos_embed, new_size=(12, 12), old_size=(8, 8), num_prefix_tokens=1)

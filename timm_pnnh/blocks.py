@@ -19,14 +19,14 @@ from timm.models.resnet import BasicBlock, Bottleneck, get_padding
 
 __all__ = [
     'CODER_INITS', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
-    'BlockSelector', 'coder_width', 'check_pnnh_args',
+    'BlockSelector', 'check_ratio', 'coder_width', 'check_pnnh_args',
 ]
 
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
 CODER_KERNELS = (1, 3)
 
 
-def _check_ratio(name: str, value, low: float, high: float) -> float:
+def check_ratio(name: str, value, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value <= high):
         raise ValueError(f'{name}={value!r} is not allowed: it must be a number in ({low}, {high}]')
     return float(value)
@@ -50,8 +50,8 @@ def check_pnnh_args(
         coder_norm: bool = False,
 ) -> None:
     """Validate the PNNH knobs (the ones the paper leaves open); raise ValueError naming the bad one."""
-    _check_ratio('coder_ratio', coder_ratio, 0.0, 1.0)
-    _check_ratio('learner_ratio', learner_ratio, 0.0, 4.0)
+    check_ratio('coder_ratio', coder_ratio, 0.0, 1.0)
+    check_ratio('learner_ratio', learner_ratio, 0.0, 4.0)
     if coder_kernel not in CODER_KERNELS or isinstance(coder_kernel, bool):
         raise ValueError(f'coder_kernel={coder_kernel!r} is not allowed: it must be one of {CODER_KERNELS}')
     if coder_init not in CODER_INITS:

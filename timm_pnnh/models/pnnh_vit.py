@@ -22,12 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import get_act_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
+from timm_pnnh.blocks import check_ratio, coder_width
+from timm_pnnh.models._args import check_model_kwargs
+from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
 from timm_pnnh.models.pnnh_resnet import CIFAR10_MEAN, CIFAR10_STD, PAPER
 
-__all__ = ['UnknownModelArgument', 'LinearCoder', 'PnnhBlock', 'PlainBlock', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
+__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
            'ARRANGEMENTS', 'SIZES', 'model_names']
 
 CODER_INITS = ('dirac', 'orthogonal', 'kaiming')
@@ -35,7 +38,7 @@ CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
 MAX_CODER_RATIO = 2.0
 
-# defaults of the knobs the paper leaves open, chosen by benchmarks/vit_block_ablation.py (README
+# defaults of the knobs the paper leaves open, chosen by timm_pnnh/vit_ablation.py (README
 # "The PNNH ViT block"): a C-wide Dirac coder through the MLP's GELU, read from the raw tokens, in a
 # parallel block with zero-initialised learner outputs. Against the exact-identity signed Dirac coder
 # (coder_ratio=2, 1.08x the parameters) it was within seed noise over two seeds (test accuracy
@@ -50,17 +53,10 @@ SMALL_IMAGE_SIZES = ('tiny', 'small')
 FAMILIES = ('pnnh', 'plain', 'residual')
 
 
-class UnknownModelArgument(ValueError, TypeError):
-    """An argument the model does not take: a ValueError (this package's rule for bad input) and a
-    TypeError (what Python raises for an unexpected keyword, and what timm's model contract expects)."""
-
-
 def check_pnnh_vit_args(coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False,
                         arrangement='parallel', zero_init_last=True) -> None:
     """Validate the PNNH ViT knobs; raise ValueError naming the bad one, its value and what is allowed."""
-    if isinstance(coder_ratio, bool) or not isinstance(coder_ratio, (int, float)) or not (
-            0.0 < coder_ratio <= MAX_CODER_RATIO):
-        raise ValueError(f'coder_ratio={coder_ratio!r} is not allowed: it must be a number in (0, {MAX_CODER_RATIO:g}]')
+    check_ratio('coder_ratio', coder_ratio, 0.0, MAX_CODER_RATIO)
     if coder_init not in CODER_INITS:
         raise ValueError(f'coder_init={coder_init!r} is not allowed: it must be one of {CODER_INITS}')
     if coder_act not in CODER_ACTS:
@@ -70,14 +66,6 @@ def check_pnnh_vit_args(coder_ratio=1.0, coder_init='dirac', coder_act='mlp', co
     for name, value in (('coder_norm', coder_norm), ('zero_init_last', zero_init_last)):
         if not isinstance(value, bool):
             raise ValueError(f'{name}={value!r} is not allowed: it must be True or False')
-
-
-def _coder_width(dim: int, ratio: float) -> int:
-    width = dim * ratio
-    if abs(width - round(width)) > 1e-6 or round(width) < 1:
-        raise ValueError(f'coder_ratio={ratio!r} does not give a whole number of coder channels for dim={dim} '
-                         f'({dim} * {ratio} = {width:g}); choose a ratio r with {dim} * r a positive integer')
-    return int(round(width))
 
 
 class LinearCoder(nn.Module):
@@ -194,7 +182,7 @@ class PnnhBlock(Block):
         check_pnnh_vit_args(coder_ratio, coder_init, coder_act, coder_norm, arrangement, zero_init_last)
         super().__init__(dim, num_heads, act_layer=act_layer, device=device, dtype=dtype, **kwargs)
         coder_act_layer = act_layer if coder_act == 'mlp' else get_act_layer(coder_act)
-        coder_dim = _coder_width(dim, coder_ratio)
+        coder_dim = coder_width(dim, coder_ratio, 'coder_ratio')
         dd = {'device': device, 'dtype': dtype}
         self.coder_norm = coder_norm
         self.sequential = arrangement == 'sequential'
@@ -266,31 +254,19 @@ class _PnnhBlockFn:
         return PnnhBlock(*args, **kwargs, **self.knobs)
 
 
-def _allowed_kwargs(family: str) -> Tuple[str, ...]:
-    model_args = set(inspect.signature(VisionTransformer.__init__).parameters)
-    builder_args = set(inspect.signature(build_model_with_cfg).parameters)
-    allowed = (model_args | builder_args | {'features_only', 'out_indices', 'feature_cls'}) - {
-        'self', 'kwargs', 'block_fn', 'model_cls', 'variant', 'pretrained'}
-    if family == 'pnnh':
-        allowed |= set(PNNH_VIT_KNOBS)
-    return tuple(sorted(allowed))
-
-
 def _create(variant: str, pretrained: bool, family: str, **kwargs) -> VisionTransformer:
     """Build one registered ViT-family model; unknown or bad arguments raise ValueError."""
-    allowed = _allowed_kwargs(family)
-    for name, value in kwargs.items():
-        if name not in allowed:
-            raise UnknownModelArgument(f'{variant}: unknown model argument {name}={value!r}; allowed: {", ".join(allowed)}')
+    model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'}
+    check_model_kwargs(variant, kwargs, model_args | set(PNNH_VIT_KNOBS) if family == 'pnnh' else model_args)
     if family == 'pnnh':
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
-        _coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'])
+        coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
         block_fn = _PnnhBlockFn(**knobs)
     else:
         block_fn = PlainBlock if family == 'plain' else Block
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_model_with_hub(
         VisionTransformer, variant, pretrained, block_fn=block_fn, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
@@ -315,11 +291,11 @@ def model_names(family: str) -> List[str]:
     return imagenet + [f'{small_prefix}_vit_{size}_patch4_32' for size in SMALL_IMAGE_SIZES]
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(hub_cfgs({
     **{f'{name}.in1k': _cfg() for family in FAMILIES for name in model_names(family) if name.endswith('224')},
     **{f'{name}.cifar10': _small_image_cfg() for family in FAMILIES for name in model_names(family)
        if name.endswith('32')},
-})
+}))
 
 
 def _register(family: str, name: str) -> None:

@@ -6,7 +6,7 @@ arrangement of the tokens, wherever it sits. Depth-12 ViTs (embed 64, 4 heads, p
 + class token) are trained with AdamW for ``--steps`` steps, same data, same seeds; printed are the
 mean training loss over the last 20 steps and the accuracy on a held-out set of 1024 samples.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/vit_block_ablation.py --seeds 0 1
+    python -m timm_pnnh.vit_ablation --seeds 0 1
 """
 import argparse
 import time
