@@ -9,13 +9,16 @@ text available to us; what follows is this project's reading (see README "The PN
 Blocks here are drop-in ``block_fn`` for timm's ``ResNet`` (same constructor signature as
 ``timm.models.resnet.BasicBlock`` / ``Bottleneck``). None of them adds its input to anything.
 """
-from typing import Optional, Type
+from collections import OrderedDict
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_attn
 from timm.models.resnet import BasicBlock, Bottleneck, get_padding
+
+from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel
 
 __all__ = [
     'CODER_INITS', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
@@ -95,6 +98,35 @@ class _Coder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(z, self.weight, None, 1, self.padding, 0, 1, self.dilation)
+
+    def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
+        weight = self.weight.detach()
+        if isinstance(self.norm, nn.Identity):
+            scale, shift = weight.new_ones(weight.shape[0]), weight.new_zeros(weight.shape[0])
+        else:
+            scale, shift = bn_scale_shift(self.norm)
+        return weight * scale.reshape(-1, 1, 1, 1), shift, adjoint_conv_weight(weight)
+
+
+def _conv_with_bias(weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> nn.Conv2d:
+    """A stride-1 'same' ``nn.Conv2d`` holding ``weight`` and ``bias``."""
+    k = weight.shape[-1]
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], k, padding=dilation * (k - 1) // 2, dilation=dilation,
+                     bias=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
+def _check_dilation(kernel_sizes, dilations, block: str) -> int:
+    """The one dilation of the kernels that are larger than 1x1 (a 1x1 kernel takes any)."""
+    used = {d for k, d in zip(kernel_sizes, dilations) if k > 1}
+    if len(used) > 1:
+        raise ValueError(f'{block}.reparameterize: the coder and learner kernels use different dilations '
+                         f'{sorted(used)}; they cannot share one convolution')
+    return used.pop() if used else 1
 
 
 def _no_attn(attn_layer, block: str) -> None:
@@ -179,13 +211,41 @@ class PnnhBasicBlock(nn.Module):
         self.bn2 = norm_layer(channels, **dd)
         self.act2 = act_layer(inplace=True)
         self.drop_path = drop_path
+        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
 
     def zero_init_last(self) -> None:
         """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(self.bn2, 'weight', None) is not None:
+        if getattr(getattr(self, 'bn2', None), 'weight', None) is not None:
             nn.init.zeros_(self.bn2.weight)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2)`` (eval form).
+
+        ``conv1 = [N_c E ; BN1 L1]`` and ``conv2 = [adj(E) | BN2 L2]``, both with bias, the 1x1 coder
+        zero-padded to the learner's 3x3. Uses BatchNorm running statistics; DropBlock and DropPath,
+        identities in eval, are dropped. timm's ``reparameterize_model`` calls this. Idempotent.
+        """
+        if self.plain is not None:
+            return
+        enc_w, enc_b, dec_w = self.coder.folded()
+        scale1, shift1 = bn_scale_shift(self.bn1)
+        scale2, shift2 = bn_scale_shift(self.bn2)
+        k = max(enc_w.shape[-1], 3)
+        d1, d2 = (_check_dilation((enc_w.shape[-1], 3), (self.coder.dilation, conv.dilation[0]), type(self).__name__)
+                  for conv in (self.conv1, self.conv2))
+        w1 = torch.cat([pad_kernel(enc_w, k), pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
+        w2 = torch.cat([pad_kernel(dec_w, k), pad_kernel(self.conv2.weight * scale2.reshape(-1, 1, 1, 1), k)], 1)
+        self.plain = nn.Sequential(OrderedDict(
+            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+            conv2=_conv_with_bias(w2, shift2, d2), act2=self.act2))
+        for name in ('coder', 'conv1', 'bn1', 'drop_block', 'conv2', 'bn2', 'act1', 'act2'):
+            delattr(self, name)
+        self.drop_path = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain is not None:
+            return self.plain(x)
         coded = self.coder.decode(self.act1(self.coder.encode(x)))
         learned = self.conv1(x)
         learned = self.bn1(learned)
@@ -273,13 +333,48 @@ class PnnhBottleneck(nn.Module):
         self.bn3 = norm_layer(channels, **dd)
         self.act3 = act_layer(inplace=True)
         self.drop_path = drop_path
+        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
 
     def zero_init_last(self) -> None:
         """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(self.bn3, 'weight', None) is not None:
+        if getattr(getattr(self, 'bn3', None), 'weight', None) is not None:
             nn.init.zeros_(self.bn3.weight)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2, conv3, act3)``.
+
+        ``conv1 = [N_c E ; BN1 L1]``, ``conv2 = diag(I, BN2 L2)`` (a Dirac kernel on the coder channels,
+        block-diagonal dense if ``cardinality > 1``), ``conv3 = [adj(E) | BN3 L3]``, all with bias, every
+        kernel zero-padded to the largest of its conv. Eval form (BatchNorm running statistics).
+        """
+        if self.plain is not None:
+            return
+        enc_w, enc_b, dec_w = self.coder.folded()
+        scale1, shift1 = bn_scale_shift(self.bn1)
+        scale2, shift2 = bn_scale_shift(self.bn2)
+        scale3, shift3 = bn_scale_shift(self.bn3)
+        k = enc_w.shape[-1]
+        name = type(self).__name__
+        d1 = d3 = _check_dilation((k, 1), (self.coder.dilation, 1), name)
+        d2 = self.conv2.dilation[0]
+        coder_channels, width = enc_w.shape[0], self.conv2.out_channels
+        w1 = torch.cat([enc_w, pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
+        w2 = enc_w.new_zeros(coder_channels + width, coder_channels + width, 3, 3)
+        nn.init.dirac_(w2[:coder_channels, :coder_channels])
+        w2[coder_channels:, coder_channels:] = dense_weight(self.conv2.weight, self.conv2.groups) * scale2.reshape(-1, 1, 1, 1)
+        w3 = torch.cat([dec_w, pad_kernel(self.conv3.weight * scale3.reshape(-1, 1, 1, 1), k)], 1)
+        self.plain = nn.Sequential(OrderedDict(
+            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+            conv2=_conv_with_bias(w2, torch.cat([shift2.new_zeros(coder_channels), shift2]), d2), act2=self.act2,
+            conv3=_conv_with_bias(w3, shift3, d3), act3=self.act3))
+        for attr in ('coder', 'conv1', 'bn1', 'conv2', 'bn2', 'drop_block', 'conv3', 'bn3', 'act1', 'act2', 'act3'):
+            delattr(self, attr)
+        self.drop_path = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain is not None:
+            return self.plain(x)
         coded = self.coder.decode(self.act2(self.act1(self.coder.encode(x))))
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
