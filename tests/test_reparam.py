@@ -187,3 +187,12 @@ def test_onnx_export_of_reparameterized_model_runs_in_onnxruntime():
         out = session.run(None, {'x': x.numpy()})[0]
     assert out.shape == (2, 10)
     assert abs(torch.from_numpy(out) - ref).max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'plain_resnet20', 'plain_resnet50', 'resnet18'])
+def test_baselines_deploy_with_batchnorms_folded(name):
+    """The fair deployment baseline: the same fold applied to residual and plain nets."""
+    ref, fused_logits, model, x = logits_pair(name, size=32 if name.endswith('20') else 64)
+    fused = reparameterize_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert (ref - fused_logits).abs().max().item() <= 1e-4
