@@ -157,7 +157,8 @@ def benchmark(
     """Measure ``models`` alternately; return ``{'config', 'results': {name: metrics}, 'ratios'}``.
 
     Ratios are each model's figure divided by ``models[1]``'s (the first ``--vs``), or by
-    ``models[0]``'s when only one model is given.
+    ``models[0]``'s when only one model is given; for the timings, the median over repeats of the
+    ratio within the repeat (the models ran back to back in it), which cancels slow load drifts.
     """
     check_models(models)
     for name, value in (('batch_size', batch_size), ('repeats', repeats), ('steps', steps)):
@@ -240,6 +241,9 @@ def benchmark(
     reference = models[1] if len(models) > 1 else models[0]
     ratios = {name: {key: r[key] / results[reference][key] for key, _, _ in METRICS
                      if key in r and results[reference].get(key)} for name, r in results.items()}
+    for name, r in results.items():  # timings: the median of the ratios within each repeat (paired)
+        for key in entries[0].times:
+            ratios[name][key] = statistics.median(a / b for a, b in zip(r[key + '_runs'], results[reference][key + '_runs']))
     config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
                   device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine()),
                   channels_last=channels_last, amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
