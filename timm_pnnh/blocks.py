@@ -229,6 +229,11 @@ class PnnhBasicBlock(nn.Module):
         ``conv1 = [N_c E ; BN1 L1]`` and ``conv2 = [adj(E) | BN2 L2]``, both with bias, the 1x1 coder
         zero-padded to the learner's 3x3. Uses BatchNorm running statistics; DropBlock and DropPath,
         identities in eval, are dropped. timm's ``reparameterize_model`` calls this. Idempotent.
+
+        Cost: both convs are 3x3 over ``C_c + C_l`` hidden channels, ``(C_c + C_l) / C`` times a
+        residual block's multiply-adds (2x with the default C-wide coder, 1x with
+        ``coder_ratio + learner_ratio = 1``), against ``C_l / C + C_c / (9 C)`` for the summed form:
+        plain, but not cheaper, unless the coder and learner share the width.
         """
         if self.plain is not None:
             return
