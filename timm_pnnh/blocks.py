@@ -9,7 +9,8 @@ text available to us; what follows is this project's reading (see README "The PN
 Blocks here are drop-in ``block_fn`` for timm's ``ResNet`` (same constructor signature as
 ``timm.models.resnet.BasicBlock`` / ``Bottleneck``). None of them adds its input to anything.
 """
-from typing import Optional, Type
+from collections import OrderedDict
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -17,12 +18,15 @@ import torch.nn.functional as F
 from timm.layers import create_attn
 from timm.models.resnet import BasicBlock, Bottleneck, get_padding
 
+from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel
+
 __all__ = [
     'CODER_INITS', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
     'BlockSelector', 'check_ratio', 'coder_width', 'check_pnnh_args',
 ]
 
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
+_IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
 CODER_KERNELS = (1, 3)
 
 
@@ -96,6 +100,35 @@ class _Coder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(z, self.weight, None, 1, self.padding, 0, 1, self.dilation)
 
+    def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
+        weight = self.weight.detach()
+        if isinstance(self.norm, nn.Identity):
+            scale, shift = weight.new_ones(weight.shape[0]), weight.new_zeros(weight.shape[0])
+        else:
+            scale, shift = bn_scale_shift(self.norm)
+        return weight * scale.reshape(-1, 1, 1, 1), shift, adjoint_conv_weight(weight)
+
+
+def _conv_with_bias(weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> nn.Conv2d:
+    """A stride-1 'same' ``nn.Conv2d`` holding ``weight`` and ``bias``."""
+    k = weight.shape[-1]
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], k, padding=dilation * (k - 1) // 2, dilation=dilation,
+                     bias=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
+def _check_dilation(kernel_sizes, dilations, block: str) -> int:
+    """The one dilation of the kernels that are larger than 1x1 (a 1x1 kernel takes any)."""
+    used = {d for k, d in zip(kernel_sizes, dilations) if k > 1}
+    if len(used) > 1:
+        raise ValueError(f'{block}.reparameterize: the coder and learner kernels use different dilations '
+                         f'{sorted(used)}; they cannot share one convolution')
+    return used.pop() if used else 1
+
 
 def _no_attn(attn_layer, block: str) -> None:
     if attn_layer is not None:
@@ -116,9 +149,12 @@ class PnnhBasicBlock(nn.Module):
     channels when ``coder_norm=True`` and nothing otherwise. ``BN2``'s scale starts at zero
     (``zero_init_last``), so at initialisation the block is the coder alone. Written as one
     convolution per layer the block is ``conv([E ; L1]) -> act -> conv([adj(E) | L2]) -> act``, and
-    it folds into exactly that at deployment. In training the two branches are summed instead:
-    the learner's BatchNorms need the learner's own batch statistics, which a concatenated
-    second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a 3x3 conv.
+    it folds into exactly that at deployment (``reparameterize``). In training the two branches are
+    summed instead: the learner's BatchNorms need the learner's own batch statistics, which a
+    concatenated second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a
+    3x3 conv. Measured (pnnh_resnet56, batch 64, CPU): concatenating only the first convolution
+    trains 0.78x as fast as the summed branches with a 1x1 coder and 0.93x with a 3x3 one; decoding
+    with ``conv2d`` on ``adj(E)`` instead of ``conv_transpose2d`` on ``E`` is within noise.
 
     Parameters (C_c = coder_ratio * C, C_l = learner_ratio * C, k = coder_kernel)::
 
@@ -179,13 +215,46 @@ class PnnhBasicBlock(nn.Module):
         self.bn2 = norm_layer(channels, **dd)
         self.act2 = act_layer(inplace=True)
         self.drop_path = drop_path
+        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
 
     def zero_init_last(self) -> None:
         """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(self.bn2, 'weight', None) is not None:
+        if getattr(getattr(self, 'bn2', None), 'weight', None) is not None:
             nn.init.zeros_(self.bn2.weight)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2)`` (eval form).
+
+        ``conv1 = [N_c E ; BN1 L1]`` and ``conv2 = [adj(E) | BN2 L2]``, both with bias, the 1x1 coder
+        zero-padded to the learner's 3x3. Uses BatchNorm running statistics; DropBlock and DropPath,
+        identities in eval, are dropped. timm's ``reparameterize_model`` calls this. Idempotent.
+
+        Cost: both convs are 3x3 over ``C_c + C_l`` hidden channels, ``(C_c + C_l) / C`` times a
+        residual block's multiply-adds (2x with the default C-wide coder, 1x with
+        ``coder_ratio + learner_ratio = 1``), against ``C_l / C + C_c / (9 C)`` for the summed form:
+        plain, but not cheaper, unless the coder and learner share the width.
+        """
+        if self.plain is not None:
+            return
+        enc_w, enc_b, dec_w = self.coder.folded()
+        scale1, shift1 = bn_scale_shift(self.bn1)
+        scale2, shift2 = bn_scale_shift(self.bn2)
+        k = max(enc_w.shape[-1], 3)
+        d1, d2 = (_check_dilation((enc_w.shape[-1], 3), (self.coder.dilation, conv.dilation[0]), type(self).__name__)
+                  for conv in (self.conv1, self.conv2))
+        w1 = torch.cat([pad_kernel(enc_w, k), pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
+        w2 = torch.cat([pad_kernel(dec_w, k), pad_kernel(self.conv2.weight * scale2.reshape(-1, 1, 1, 1), k)], 1)
+        self.plain = nn.Sequential(OrderedDict(
+            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+            conv2=_conv_with_bias(w2, shift2, d2), act2=self.act2))
+        for name in ('coder', 'conv1', 'bn1', 'drop_block', 'conv2', 'bn2', 'act1', 'act2'):
+            delattr(self, name)
+        self.drop_path = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain is not None:
+            return self.plain(x)
         coded = self.coder.decode(self.act1(self.coder.encode(x)))
         learned = self.conv1(x)
         learned = self.bn1(learned)
@@ -194,7 +263,8 @@ class PnnhBasicBlock(nn.Module):
         learned = self.bn2(self.conv2(learned))
         if self.drop_path is not None:
             learned = self.drop_path(learned)
-        return self.act2(coded + learned)
+        learned += coded  # in place, as timm's BasicBlock adds its shortcut: one map less per block
+        return self.act2(learned)
 
 
 class PnnhBottleneck(nn.Module):
@@ -272,16 +342,54 @@ class PnnhBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, channels, 1, bias=False, **dd)
         self.bn3 = norm_layer(channels, **dd)
         self.act3 = act_layer(inplace=True)
-        self.coder_act = act_layer()  # the coder's pass through the middle non-linearity (not in place)
+        # the coder's second act: act2 itself would work in place on act1's output, which act1's
+        # backward needs; an idempotent act (ReLU) applied twice is applied once
+        self.coder_act2 = nn.Identity() if isinstance(self.act2, _IDEMPOTENT_ACTS) else act_layer(inplace=False)
         self.drop_path = drop_path
+        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
 
     def zero_init_last(self) -> None:
         """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(self.bn3, 'weight', None) is not None:
+        if getattr(getattr(self, 'bn3', None), 'weight', None) is not None:
             nn.init.zeros_(self.bn3.weight)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2, conv3, act3)``.
+
+        ``conv1 = [N_c E ; BN1 L1]``, ``conv2 = diag(I, BN2 L2)`` (a Dirac kernel on the coder channels,
+        block-diagonal dense if ``cardinality > 1``), ``conv3 = [adj(E) | BN3 L3]``, all with bias, every
+        kernel zero-padded to the largest of its conv. Eval form (BatchNorm running statistics).
+        """
+        if self.plain is not None:
+            return
+        enc_w, enc_b, dec_w = self.coder.folded()
+        scale1, shift1 = bn_scale_shift(self.bn1)
+        scale2, shift2 = bn_scale_shift(self.bn2)
+        scale3, shift3 = bn_scale_shift(self.bn3)
+        k = enc_w.shape[-1]
+        name = type(self).__name__
+        d1 = d3 = _check_dilation((k, 1), (self.coder.dilation, 1), name)
+        d2 = self.conv2.dilation[0]
+        coder_channels, width = enc_w.shape[0], self.conv2.out_channels
+        w1 = torch.cat([enc_w, pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
+        w2 = enc_w.new_zeros(coder_channels + width, coder_channels + width, 3, 3)
+        nn.init.dirac_(w2[:coder_channels, :coder_channels])
+        w2[coder_channels:, coder_channels:] = dense_weight(self.conv2.weight, self.conv2.groups) * scale2.reshape(-1, 1, 1, 1)
+        w3 = torch.cat([dec_w, pad_kernel(self.conv3.weight * scale3.reshape(-1, 1, 1, 1), k)], 1)
+        self.plain = nn.Sequential(OrderedDict(
+            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+            conv2=_conv_with_bias(w2, torch.cat([shift2.new_zeros(coder_channels), shift2]), d2), act2=self.act2,
+            conv3=_conv_with_bias(w3, shift3, d3), act3=self.act3))
+        for attr in ('coder', 'conv1', 'bn1', 'conv2', 'bn2', 'drop_block', 'conv3', 'bn3', 'act1', 'act2', 'act3',
+                     'coder_act2'):
+            delattr(self, attr)
+        self.drop_path = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        coded = self.coder.decode(self.coder_act(self.act1(self.coder.encode(x))))
+        if self.plain is not None:
+            return self.plain(x)
+        coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x))))
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)
@@ -289,7 +397,8 @@ class PnnhBottleneck(nn.Module):
         learned = self.bn3(self.conv3(learned))
         if self.drop_path is not None:
             learned = self.drop_path(learned)
-        return self.act3(coded + learned)
+        learned += coded
+        return self.act3(learned)
 
 
 class PlainBasicBlock(BasicBlock):

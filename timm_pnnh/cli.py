@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     'timm_pnnh.catalog',
     'timm_pnnh.compare',
     'timm_pnnh.hub',
+    'timm_pnnh.bench',
 )
 
 

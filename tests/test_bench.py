@@ -1,0 +1,87 @@
+"""``timm-pnnh bench``: figures and ratios for a tiny pair, JSON report, bad input."""
+import json
+
+import pytest
+import torch
+
+from timm_pnnh import bench
+from timm_pnnh.cli import main
+
+TINY = ['--batch-size', '2', '--repeats', '1', '--steps', '1', '--warmup', '0']
+
+
+def test_bench_prints_ratios_and_writes_json(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', '--model', 'pnnh_resnet20', '--vs', 'cifar_resnet20', *TINY, '--json', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '`pnnh_resnet20` / `cifar_resnet20`' in printed
+    assert 'train images/s' in printed and 'deployed images/s' in printed
+    report = json.loads(out.read_text())
+    assert report['config']['reference'] == 'cifar_resnet20'
+    assert report['config']['batch_size'] == 2 and report['config']['img_size'] == 32
+    pnnh, resnet = report['results']['pnnh_resnet20'], report['results']['cifar_resnet20']
+    for key in ('train_img_s', 'infer_img_s', 'deploy_img_s', 'saved_mb', 'gflops', 'params_m'):
+        assert pnnh[key] > 0 and resnet[key] > 0
+        assert report['ratios']['pnnh_resnet20'][key] == pytest.approx(pnnh[key] / resnet[key])  # 1 repeat
+        assert report['ratios']['cifar_resnet20'][key] == 1.0
+    assert len(pnnh['train_img_s_runs']) == 1
+    assert 'peak_step_mb' not in pnnh  # CUDA only
+    # the figures that do not depend on timing are exact
+    model = bench.timm.create_model('cifar_resnet20')
+    assert resnet['params_m'] == sum(p.numel() for p in model.parameters()) / 1e6
+    # the residual net deploys with the same parameters less its BatchNorms; the PNNH net carries its
+    # coder channels through the hidden layer of every plain conv pair
+    assert resnet['deploy_gflops'] == pytest.approx(resnet['gflops'], rel=0.02)
+    assert pnnh['deploy_gflops'] > pnnh['gflops']
+    assert not list(tmp_path.glob('.bench-*'))  # no temporary file left behind
+
+
+def test_saved_activation_bytes_count_what_backward_keeps():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    model = torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
+    x = torch.randn(2, 3, 5, 5)
+    nbytes = bench._saved_bytes(model, x, torch.tensor([0, 1]), bench.nullcontext())
+    # conv saves its input (2*3*5*5 floats); linear its input (2*100 floats); cross-entropy its
+    # log-softmax output (2*2 floats), the targets (2 int64) and its total weight (1 float); the
+    # weights are parameters and not counted
+    assert nbytes == 4 * (2 * 3 * 5 * 5 + 2 * 100 + 2 * 2) + 8 * 2 + 4
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'no_such_model', '--vs', 'cifar_resnet20'], "argument --model: model 'no_such_model' is not a registered"),
+    (['--model', 'pnnh_resnet20', '--vs', 'nope'], "argument --vs: model 'nope' is not a registered"),
+    (['--model', 'pnnh_resnet20', '--batch-size', '0'], "--batch-size='0' is not allowed: it must be an integer >= 1"),
+    (['--model', 'pnnh_resnet20', '--batch-size', '-3'], "--batch-size='-3' is not allowed"),
+    (['--model', 'pnnh_resnet20', '--repeats', 'two'], "--repeats='two' is not allowed"),
+    (['--model', 'pnnh_resnet20', '--amp', 'fp8'], "invalid choice: 'fp8'"),
+    (['--model', 'pnnh_resnet20', '--device', 'tpu'], "device='tpu' is not allowed"),
+])
+def test_bench_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['bench', *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error given where there is no CUDA')
+def test_bench_rejects_cuda_without_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        main(['bench', '--model', 'pnnh_resnet20', '--device', 'cuda'])
+    assert "device='cuda' is not available" in capsys.readouterr().err
+
+
+def test_bench_rejects_a_model_given_twice(capsys):
+    assert main(['bench', '--model', 'pnnh_resnet20', '--vs', 'pnnh_resnet20', *TINY]) == 2
+    assert 'each model may be given once' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(models=[]), 'models=\\[\\] is not allowed'),
+    (dict(models=['pnnh_resnet20'], batch_size=0), 'batch_size=0 is not allowed'),
+    (dict(models=['pnnh_resnet20'], img_size=-1), 'img_size=-1 is not allowed'),
+    (dict(models=['pnnh_resnet20'], amp='fp16'), "amp='fp16' is not allowed"),
+    (dict(models=['pnnh_resnet20'], warmup=-1), 'warmup=-1 is not allowed'),
+])
+def test_benchmark_api_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bench.benchmark(**kwargs)

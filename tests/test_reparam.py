@@ -1,0 +1,198 @@
+"""Deployment form: reparameterized PNNH nets equal the trained form in eval mode, and are plain."""
+import os
+import tempfile
+
+import pytest
+import timm
+import torch
+import torch.fx
+import torch.nn as nn
+from timm.utils import reparameterize_model as timm_reparameterize_model
+
+import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.blocks import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models import registered_models
+from timm_pnnh.reparam import adjoint_conv_weight, reparameterize_model
+
+PNNH_RESNETS = registered_models('pnnh_resnet*')
+VARIANTS = [
+    dict(coder_kernel=3),
+    dict(coder_norm=True),
+    dict(learner_ratio=0.5),
+    dict(coder_ratio=0.5),
+    dict(coder_kernel=3, coder_norm=True, learner_ratio=0.5, coder_ratio=0.5, coder_init='kaiming'),
+]
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> None:
+    """Random BN running statistics and affine parameters, including the zero-initialised last BN."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.weight.uniform_(0.2, 0.6, generator=g)  # < 1 keeps 100+ plain layers' logits O(1)
+                m.bias.normal_(0, 0.1, generator=g)
+
+
+def input_size(name: str) -> int:
+    return 32 if name.startswith(tuple(f'pnnh_resnet{d}' for d in (20, 32, 44, 56, 110))) else 64
+
+
+def logits_pair(name: str, size: int = 0, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    randomise_norms(model)
+    size = size or input_size(name)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        return model(x), reparameterize_model(model)(x), model, x
+
+
+def assert_no_pnnh_blocks_left(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (PnnhBasicBlock, PnnhBottleneck)):
+            assert m.plain is not None and not hasattr(m, 'coder')
+
+
+@pytest.mark.parametrize('name', PNNH_RESNETS)
+def test_reparameterized_logits_match(name):
+    assert len(PNNH_RESNETS) == 10
+    ref, fused, _, _ = logits_pair(name)
+    assert ref.std() > 1e-2  # the logits are not trivially equal
+    assert (ref - fused).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('kwargs', VARIANTS, ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()))
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50'])
+def test_reparameterized_variants_match(name, kwargs):
+    ref, fused, _, _ = logits_pair(name, size=32, **kwargs)
+    assert ref.std() > 1e-2
+    assert (ref - fused).abs().max().item() <= 1e-4
+
+
+def test_timm_reparameterize_model_folds_pnnh_blocks():
+    """timm's own reparameterize_model (validate.py --reparam) finds the blocks' reparameterize()."""
+    torch.manual_seed(0)
+    model = timm.create_model('pnnh_resnet20').eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 32, 32)
+    fused = timm_reparameterize_model(model)
+    assert_no_pnnh_blocks_left(fused)
+    assert not isinstance(model.layer1[1].plain, nn.Sequential)  # a copy by default
+    with torch.no_grad():
+        assert (model(x) - fused(x)).abs().max().item() <= 1e-4
+
+
+def test_reparameterize_folds_transition_and_stem_batchnorms():
+    _, _, model, _ = logits_pair('pnnh_resnet18')
+    fused = reparameterize_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert_no_pnnh_blocks_left(fused)
+    # residual transition blocks keep their shortcut
+    assert fused.layer2[0].downsample is not None
+
+
+def test_reparameterize_is_idempotent_and_in_place_for_a_block():
+    torch.manual_seed(0)
+    block = PnnhBasicBlock(8, 8).eval()
+    randomise_norms(block)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        first = [p.clone() for p in block.parameters()]
+        block.reparameterize()
+        assert all(torch.equal(a, b) for a, b in zip(first, block.parameters()))
+        assert (block(x) - ref).abs().max().item() <= 1e-5
+
+
+def call_modules(module: nn.Module):
+    graph = torch.fx.symbolic_trace(module).graph
+    functions = [n.target for n in graph.nodes if n.op in ('call_function', 'call_method')]
+    modules = [(n.target, type(module.get_submodule(n.target))) for n in graph.nodes if n.op == 'call_module']
+    return modules, functions
+
+
+def test_reparameterized_basic_block_is_conv_act_conv_act():
+    block = timm.create_model('pnnh_resnet20').eval().layer2[1]
+    block.reparameterize()
+    modules, functions = call_modules(block)
+    assert modules == [('plain.conv1', nn.Conv2d), ('plain.act1', nn.ReLU),
+                       ('plain.conv2', nn.Conv2d), ('plain.act2', nn.ReLU)]
+    assert functions == []  # no add, no other op
+    conv1, conv2 = block.plain.conv1, block.plain.conv2
+    # conv1 = [E ; L1]: 32 coder + 32 learner channels, 3x3; conv2 = [adj(E) | L2]
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size) == (32, 64, (3, 3))
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size) == (64, 32, (3, 3))
+    assert conv1.bias is not None and conv2.bias is not None
+
+
+def test_reparameterized_basic_block_holds_coder_and_its_adjoint():
+    torch.manual_seed(0)
+    block = PnnhBasicBlock(8, 8, coder_kernel=3, coder_init='kaiming', coder_ratio=0.5).eval()
+    coder = block.coder.weight.detach().clone()
+    block.reparameterize()
+    torch.testing.assert_close(block.plain.conv1.weight[:4], coder)
+    torch.testing.assert_close(block.plain.conv2.weight[:, :4], adjoint_conv_weight(coder))
+    torch.testing.assert_close(block.plain.conv2.weight[:, :4], coder.transpose(0, 1).flip(-1, -2))
+
+
+def test_reparameterized_bottleneck_is_three_convs_with_identity_middle():
+    torch.manual_seed(0)
+    block = timm.create_model('pnnh_resnet50', coder_ratio=0.5).eval().layer1[1]
+    randomise_norms(block)
+    block.reparameterize()
+    modules, functions = call_modules(block)
+    assert [t for _, t in modules] == [nn.Conv2d, nn.ReLU] * 3
+    assert functions == []
+    middle = block.plain.conv2.weight
+    coder_channels = 128  # 0.5 * 256
+    eye = torch.zeros(coder_channels, coder_channels, 3, 3)
+    nn.init.dirac_(eye)
+    assert torch.equal(middle[:coder_channels, :coder_channels], eye)
+    assert torch.count_nonzero(middle[:coder_channels, coder_channels:]) == 0
+    assert torch.count_nonzero(middle[coder_channels:, :coder_channels]) == 0
+    assert torch.count_nonzero(block.plain.conv2.bias[:coder_channels]) == 0
+
+
+def test_reparameterize_grouped_bottleneck_matches():
+    torch.manual_seed(0)
+    block = PnnhBottleneck(256, 64, cardinality=4, base_width=32, coder_ratio=0.25).eval()
+    randomise_norms(block)
+    x = torch.randn(2, 256, 5, 5)
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        assert (block(x) - ref).abs().max().item() <= 1e-4
+
+
+def test_reparameterize_rejects_a_norm_without_running_stats():
+    block = PnnhBasicBlock(8, 8, norm_layer=lambda c, **kw: nn.GroupNorm(2, c, **kw)).eval()
+    with pytest.raises(ValueError, match='GroupNorm'):
+        block.reparameterize()
+
+
+def test_onnx_export_of_reparameterized_model_runs_in_onnxruntime():
+    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
+    pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
+    pytest.importorskip('onnxscript', reason="torch.onnx.export's exporter needs onnxscript (pip install onnxscript)")
+    ref, _, model, x = logits_pair('pnnh_resnet20')
+    fused = reparameterize_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'pnnh_resnet20.onnx')
+        torch.onnx.export(fused, (x,), path, input_names=['x'], output_names=['logits'], dynamo=True, verbose=False)
+        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        out = session.run(None, {'x': x.numpy()})[0]
+    assert out.shape == (2, 10)
+    assert abs(torch.from_numpy(out) - ref).max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'plain_resnet20', 'plain_resnet50', 'resnet18'])
+def test_baselines_deploy_with_batchnorms_folded(name):
+    """The fair deployment baseline: the same fold applied to residual and plain nets."""
+    ref, fused_logits, model, x = logits_pair(name, size=32 if name.endswith('20') else 64)
+    fused = reparameterize_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert (ref - fused_logits).abs().max().item() <= 1e-4

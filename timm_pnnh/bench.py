@@ -1,0 +1,346 @@
+"""``timm-pnnh bench``: speed, size and memory of timm models side by side, as ratios to a baseline.
+
+The paper (arXiv:2402.08645, Figure 4) reports up to 0.3x higher training throughput for PNNH nets
+than for residual ones, and residual nets running out of GPU memory where PNNH nets did not. This
+command measures what such a claim rests on, for any timm model names (``pnnh_*``, their ``plain_*``
+baselines, timm's own ``resnet34`` ...):
+
+* ``params_m``: parameters (millions) of the training form; ``deploy_params_m`` after
+  ``timm_pnnh.reparam.reparameterize_model``.
+* ``gflops`` / ``deploy_gflops``: forward FLOPs per image (``torch.utils.flop_counter``; a
+  multiply-add counts as 2), eval mode.
+* ``train_img_s``: training steps (forward, cross-entropy, backward, timm SGD step) per second times
+  the batch size.
+* ``infer_img_s``: eval-mode forward under ``no_grad``; ``deploy_img_s``: the same for the
+  reparameterized model. ``reparameterize_model`` folds PNNH blocks into plain conv stacks *and* the
+  BatchNorms of every model (residual baselines included), so the deployment ratio is fair.
+* ``saved_mb``: bytes of the tensors autograd saves for backward in one training forward
+  (``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters excluded): the
+  activation memory a training step holds at its peak, on any device. It leaves out weights,
+  gradients, optimizer state and transient buffers; always measured on the eager model.
+* ``peak_step_mb`` (CUDA only): ``torch.cuda.max_memory_allocated`` during one training step, above
+  what was allocated before it (weights and optimizer state of all models under test).
+
+All models are built in one process, at the same batch and input size; each figure is the median of
+``--repeats`` timed runs of ``--steps`` steps after ``--warmup`` steps, and the models take turns in
+every repeat, so that a load change on a shared machine hits them all alike.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Dict, List, Optional
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from torch.utils.flop_counter import FlopCounterMode
+
+import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.reparam import reparameterize_model
+
+__all__ = ['benchmark', 'markdown_table', 'METRICS']
+
+# (key, label, higher is better)
+METRICS = (
+    ('params_m', 'params (M)', False),
+    ('deploy_params_m', 'params deployed (M)', False),
+    ('gflops', 'GFLOPs / image', False),
+    ('deploy_gflops', 'GFLOPs / image deployed', False),
+    ('train_img_s', 'train images/s', True),
+    ('infer_img_s', 'eval images/s', True),
+    ('deploy_img_s', 'deployed images/s', True),
+    ('saved_mb', 'saved activations (MB)', False),
+    ('peak_step_mb', 'CUDA peak of a train step (MB)', False),
+)
+AMP_DTYPES = {'bf16': torch.bfloat16}
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'{name}={value!r} is not allowed: it must be a positive integer')
+    return value
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not allowed: it must be 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f"device={device!r} is not allowed: it must be 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device={device!r} is not available: torch sees no CUDA device here')
+    return dev
+
+
+def check_models(names: List[str]) -> List[str]:
+    if not names:
+        raise ValueError('models=[] is not allowed: give at least one model name')
+    for name in names:
+        if not timm.is_model(name):
+            raise ValueError(f'model {name!r} is not a registered timm model '
+                             f'(see `timm-pnnh models --names-only` or timm.list_models())')
+    if len(set(names)) != len(names):
+        raise ValueError(f'models={names} is not allowed: each model may be given once')
+    return names
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    return counter.get_total_flops() / 1e9
+
+
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> int:
+    """Bytes of the storages autograd saves for backward in one forward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        loss = F.cross_entropy(model(x), y)
+    del loss
+    return sum(saved.values())
+
+
+class _Entry:
+    """One model under test: its training form, optimizer, and (later) its deployed form."""
+
+    def __init__(self, name: str, device, channels_last: bool, compile_: bool, batch_size: int, img_size: int):
+        self.name = name
+        model = timm.create_model(name).to(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=memory_format)
+        self.x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
+        self.y = torch.randint(0, model.num_classes, (batch_size,), device=device)
+        self.optimizer = create_optimizer_v2(model, opt='sgd', lr=0.01, momentum=0.9, weight_decay=5e-5)
+        self.run = torch.compile(model) if compile_ else model
+        self.compile = compile_
+        self.deployed = self.run_deployed = None
+        self.times: Dict[str, List[float]] = {'train_img_s': [], 'infer_img_s': [], 'deploy_img_s': []}
+
+    def deploy(self) -> None:
+        self.deployed = reparameterize_model(self.model.eval())
+        self.run_deployed = torch.compile(self.deployed) if self.compile else self.deployed
+
+
+def benchmark(
+        models: List[str],
+        batch_size: int = 32,
+        img_size: Optional[int] = None,
+        device: str = 'cpu',
+        channels_last: bool = False,
+        amp: Optional[str] = None,
+        compile: bool = False,
+        repeats: int = 5,
+        steps: int = 5,
+        warmup: int = 2,
+) -> Dict:
+    """Measure ``models`` alternately; return ``{'config', 'results': {name: metrics}, 'ratios'}``.
+
+    Ratios are each model's figure divided by ``models[1]``'s (the first ``--vs``), or by
+    ``models[0]``'s when only one model is given; for the timings, the median over repeats of the
+    ratio within the repeat (the models ran back to back in it), which cancels slow load drifts.
+    """
+    check_models(models)
+    for name, value in (('batch_size', batch_size), ('repeats', repeats), ('steps', steps)):
+        _positive(name, value)
+    if img_size is not None:
+        _positive('img_size', img_size)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f'warmup={warmup!r} is not allowed: it must be an integer >= 0')
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f'amp={amp!r} is not allowed: it must be one of {sorted(AMP_DTYPES)} or None')
+    dev = check_device(device)
+    if img_size is None:
+        img_size = timm.get_pretrained_cfg(models[0]).input_size[-1]
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+
+    torch.manual_seed(0)
+    entries = [_Entry(name, dev, channels_last, compile, batch_size, img_size) for name in models]
+    results: Dict[str, Dict] = {}
+    for e in entries:
+        e.model.eval()
+        results[e.name] = {'params_m': sum(p.numel() for p in e.model.parameters()) / 1e6,
+                           'gflops': _flops_per_image(e.model, e.x)}
+        e.model.train()
+        results[e.name]['saved_mb'] = _saved_bytes(e.model, e.x, e.y, autocast()) / 2 ** 20
+
+    def train_step(e: _Entry) -> None:
+        e.optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(e.run(e.x), e.y)
+        loss.backward()
+        e.optimizer.step()
+
+    def infer(e: _Entry) -> None:
+        with torch.no_grad(), autocast():
+            e.run(e.x)
+
+    def infer_deployed(e: _Entry) -> None:
+        with torch.no_grad(), autocast():
+            e.run_deployed(e.x)
+
+    def measure(key: str, fn, mode: str) -> None:
+        for e in entries:
+            e.model.train(mode == 'train')
+            for _ in range(warmup):
+                fn(e)
+        for _ in range(repeats):
+            for e in entries:
+                e.model.train(mode == 'train')
+                _sync(dev)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    fn(e)
+                _sync(dev)
+                e.times[key].append(batch_size * steps / (time.perf_counter() - start))
+
+    measure('train_img_s', train_step, 'train')
+    if dev.type == 'cuda':
+        for e in entries:
+            e.model.train()
+            e.optimizer.zero_grad(set_to_none=True)
+            _sync(dev)
+            before = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            train_step(e)
+            _sync(dev)
+            results[e.name]['peak_step_mb'] = (torch.cuda.max_memory_allocated(dev) - before) / 2 ** 20
+    measure('infer_img_s', infer, 'eval')
+    for e in entries:
+        e.deploy()
+        results[e.name]['deploy_params_m'] = sum(p.numel() for p in e.deployed.parameters()) / 1e6
+        results[e.name]['deploy_gflops'] = _flops_per_image(e.deployed, e.x)
+    measure('deploy_img_s', infer_deployed, 'eval')
+    for e in entries:
+        for key, values in e.times.items():
+            results[e.name][key] = statistics.median(values)
+            results[e.name][key + '_runs'] = values
+
+    reference = models[1] if len(models) > 1 else models[0]
+    ratios = {name: {key: r[key] / results[reference][key] for key, _, _ in METRICS
+                     if key in r and results[reference].get(key)} for name, r in results.items()}
+    for name, r in results.items():  # timings: the median of the ratios within each repeat (paired)
+        for key in entries[0].times:
+            ratios[name][key] = statistics.median(a / b for a, b in zip(r[key + '_runs'], results[reference][key + '_runs']))
+    config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
+                  device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine()),
+                  channels_last=channels_last, amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
+                  threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+    return dict(config=config, results=results, ratios=ratios)
+
+
+def markdown_table(report: Dict) -> str:
+    """Metrics as rows, one column per model, then one ratio column per model against the reference."""
+    names, reference = report['config']['models'], report['config']['reference']
+    others = [n for n in names if n != reference]
+    header = ['metric'] + [f'`{n}`' for n in names] + [f'`{n}` / `{reference}`' for n in others]
+    lines = ['| ' + ' | '.join(header) + ' |', '| --- |' + ' ---: |' * (len(header) - 1)]
+    for key, label, higher_better in METRICS:
+        if key not in report['results'][names[0]]:
+            continue
+        values = [f"{report['results'][n][key]:.4g}" for n in names]
+        ratios = [f"{report['ratios'][n][key]:.3f}x" if key in report['ratios'][n] else '-' for n in others]
+        lines.append(f"| {label} ({'higher' if higher_better else 'lower'} is better) | "
+                     + ' | '.join(values + ratios) + ' |')
+    return '\n'.join(lines)
+
+
+def _write_json(path: str, report: Dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.json')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(args) -> int:
+    try:
+        report = benchmark([args.model] + args.vs, batch_size=args.batch_size, img_size=args.img_size,
+                           device=args.device, channels_last=args.channels_last, amp=args.amp,
+                           compile=args.compile, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
+    except ValueError as err:
+        print(f'timm-pnnh bench: error: {err}', file=sys.stderr)
+        return 2
+    c = report['config']
+    print(f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
+          f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  amp={c['amp']}  "
+          f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up")
+    print(markdown_table(report))
+    if args.json:
+        _write_json(args.json, report)
+        print(f'wrote {args.json}')
+    return 0
+
+
+def _arg(check):
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = check.__name__
+    return parse
+
+
+def _int_arg(name: str, minimum: int):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ValueError(f'{name}={text!r} is not allowed: it must be an integer >= {minimum}')
+        return value
+    return _arg(check)
+
+
+def _model_arg(text: str) -> str:
+    return check_models([text])[0]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'bench', help='params, GFLOPs, train/eval/deployed images/s and memory of models, as ratios',
+        description='Measure --model and each --vs alternately in one process; ratios are to the first --vs.')
+    parser.add_argument('--model', required=True, type=_arg(_model_arg), help='timm model name, e.g. pnnh_resnet56')
+    parser.add_argument('--vs', action='append', default=[], type=_arg(_model_arg),
+                        help='a model to compare with (repeatable); ratios are to the first one')
+    parser.add_argument('--batch-size', type=_int_arg('--batch-size', 1), default=32)
+    parser.add_argument('--img-size', type=_int_arg('--img-size', 1), default=None,
+                        help="input height and width (default: the --model's default input size)")
+    parser.add_argument('--device', type=_arg(lambda t: str(check_device(t))), default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format (for the GPU)')
+    parser.add_argument('--amp', choices=sorted(AMP_DTYPES), default=None, help='autocast to this dtype')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every form (train, eval, deployed)')
+    parser.add_argument('--repeats', type=_int_arg('--repeats', 1), default=5, help='timed runs; the median is kept')
+    parser.add_argument('--steps', type=_int_arg('--steps', 1), default=5, help='steps per timed run')
+    parser.add_argument('--warmup', type=_int_arg('--warmup', 0), default=2, help='untimed steps before timing')
+    parser.add_argument('--json', default=None, help='also write the full report (every run) to this JSON file')
+    parser.set_defaults(func=run)
