@@ -16,14 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_pnnh.blocks import (
     BlockSelector, PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck, check_pnnh_args)
-from timm_pnnh.models._args import check_model_kwargs
+from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, PAPER_ID, build_model_with_hub, hub_cfgs)
 
@@ -203,14 +203,8 @@ def _register(family: str, name: str, depth: int, cifar: bool) -> None:
     kind = 'CIFAR-style' if cifar else 'ImageNet-style'
     what = {'pnnh': 'PNNH (coder + learner, no shortcut in stride-1 blocks)',
             'plain': 'plain (every shortcut removed)', 'residual': 'residual baseline'}[family]
-
-    def entrypoint(pretrained: bool = False, **kwargs):
-        return _create(name, pretrained, family, cifar=cifar, **spec, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'{kind} ResNet-{depth}, {what}.'
-    globals()[name] = register_model(entrypoint)
+    register_entrypoint(globals(), name, lambda pretrained, **kwargs: _create(
+        name, pretrained, family, cifar=cifar, **spec, **kwargs), f'{kind} ResNet-{depth}, {what}.')
 
 
 for _family in FAMILIES:

@@ -22,11 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import get_act_layer
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
 from timm_pnnh.blocks import check_ratio, coder_width
-from timm_pnnh.models._args import check_model_kwargs
+from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
 from timm_pnnh.models.pnnh_resnet import CIFAR10_MEAN, CIFAR10_STD, PAPER
 
@@ -306,14 +306,8 @@ def _register(family: str, name: str) -> None:
     spec.update(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     what = {'pnnh': 'PNNH (linear coder + attention/MLP learner, no residual add)',
             'plain': 'plain (residual adds removed)', 'residual': 'residual baseline (timm Block)'}[family]
-
-    def entrypoint(pretrained: bool = False, **kwargs) -> VisionTransformer:
-        return _create(name, pretrained, family, **dict(spec, **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'ViT-{size.capitalize()}, patch {spec["patch_size"]}, {what}.'
-    globals()[name] = register_model(entrypoint)
+    register_entrypoint(globals(), name, lambda pretrained, **kwargs: _create(
+        name, pretrained, family, **dict(spec, **kwargs)), f'ViT-{size.capitalize()}, patch {spec["patch_size"]}, {what}.')
 
 
 for _family in FAMILIES:

@@ -1,10 +1,10 @@
-"""Checking model arguments, shared by the model families."""
+"""Model-building helpers shared by the model families: argument checks and entrypoint registration."""
 import inspect
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Tuple
 
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, register_model
 
-__all__ = ['UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs']
+__all__ = ['UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs', 'register_entrypoint']
 
 # arguments that create_model / build_model_with_cfg consume before the model class sees them
 BUILDER_ARGS = frozenset(set(inspect.signature(build_model_with_cfg).parameters) - {'model_cls', 'variant', 'pretrained', 'kwargs'}
@@ -24,3 +24,16 @@ def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterabl
             raise UnknownModelArgument(
                 f'{variant}: unknown model argument {name}={value!r}; allowed: {", ".join(allowed)}')
     return allowed
+
+
+def register_entrypoint(module_globals: Dict[str, Any], name: str, create: Callable, doc: str) -> None:
+    """Register ``name`` with timm as a function ``name(pretrained=False, **kwargs)`` of the calling
+    module (its ``globals()``), which calls ``create(pretrained, **kwargs)``."""
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return create(pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = module_globals['__name__']
+    entrypoint.__doc__ = doc
+    module_globals[name] = register_model(entrypoint)
