@@ -11,6 +11,7 @@ from typing import List, Optional
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
+    'timm_pnnh.run',
 )
 
 
