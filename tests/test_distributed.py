@@ -22,8 +22,9 @@ statistics, and the converted model computes the same outputs.
 
 The coder weight is used twice in each PNNH block's forward (encode and decode); DDP must reduce
 its gradient once, after both uses have accumulated. After the step, the parameters must be bitwise
-identical on both ranks and equal (to float32 rounding of the summation order) to the single-process
-step, and the test checks that every parameter moved by more than that tolerance.
+identical on both ranks, and every parameter's update must equal the single-process update to 0.1%
+of its largest entry (float32 rounding of the summation order is far below that; a gradient that
+missed a use, or a batch normalised the wrong way, is far above it).
 """
 import socket
 
@@ -52,20 +53,21 @@ MODELS = [
 
 
 def _model(name: str) -> nn.Module:
-    """The same initial model in every process. BatchNorm scales are drawn away from timm's
-    zero-init-last so that every parameter (the learners' convolutions too) gets a gradient."""
+    """The same initial model in every process. Parameters initialised to all zeros (zero-init-last
+    BatchNorm scales, zeroed output projections, biases) are drawn at random instead, so that every
+    parameter -- the learners' layers too -- gets a gradient in the first step."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=NUM_CLASSES)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+        for param in model.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.1)
     return model
 
 
 def _optimizer(model: nn.Module):
-    return create_optimizer_v2(model, opt='sgd', lr=0.1, momentum=0.9, weight_decay=1e-4)
+    # a large lr so that every parameter's update stands well above float32 rounding of the parameter
+    return create_optimizer_v2(model, opt='sgd', lr=1.0, momentum=0.9, weight_decay=1e-4)
 
 
 def _batch(name: str):
@@ -131,10 +133,11 @@ def test_ddp_step_matches_single_process(name, tmp_path):
         for key, value in expected.items():
             on_rank0, on_rank1 = ranks[0][training][key], ranks[1][training][key]
             assert torch.equal(on_rank0, on_rank1), f'{key} differs between ranks (training={training})'
-            torch.testing.assert_close(on_rank0, value, rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f'{key} (training={training}): {m}')
-            moved = (value - initial[key]).abs().max().item()
-            assert moved > 1e-4, f'{key} moved by only {moved:g}: the step would not distinguish the reductions'
+            update = value - initial[key]
+            scale = update.abs().max().item()
+            assert scale > 0, f'{key} got no update (training={training})'
+            torch.testing.assert_close(on_rank0 - initial[key], update, rtol=1e-3, atol=1e-3 * scale,
+                                       msg=lambda m: f'{key} update (training={training}): {m}')
 
 
 @pytest.mark.parametrize('name, kwargs', [('pnnh_resnet20', {}), ('pnnh_resnet20', {'coder_norm': True}),
