@@ -142,6 +142,9 @@ def test_train_then_validate(model, tiny_imagefolder, tmp_path):
     plain, reparameterized = results[False], results[True]
     assert plain['model'] == reparameterized['model'] == model
     assert (plain['top1'], plain['top5']) == (reparameterized['top1'], reparameterized['top5'])
+    hooks = ('fuse', 'reparameterize', 'switch_to_deploy')  # what timm's reparameterize_model calls
+    if any(hasattr(m, h) for m in timm.create_model(model).modules() for h in hooks):
+        assert reparameterized['param_count'] != plain['param_count'], '--reparam changed nothing'
     assert plain['top1'] == pytest.approx(float(summary['eval_top1']))
     assert plain['top5'] == pytest.approx(float(summary['eval_top5']))
 
