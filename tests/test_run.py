@@ -116,8 +116,9 @@ def test_torchrun_target(tmp_path):
         info = init_distributed_device_so(device='cpu')
         total = torch.tensor([float(info['global_rank'] + 1)])
         dist.all_reduce(total)
-        print(f"rank {info['global_rank']} of {info['world_size']} sum {total.item():g} "
-              f"registered {timm.is_model('pnnh_resnet20')} args {sys.argv[1:]}", flush=True)
+        with open(f"rank{info['global_rank']}.txt", 'w') as f:  # one file per rank: stdout lines interleave
+            f.write(f"rank {info['global_rank']} of {info['world_size']} sum {total.item():g} "
+                    f"registered {timm.is_model('pnnh_resnet20')} args {sys.argv[1:]}")
         dist.destroy_process_group()
     """)
     proc = subprocess.run(
@@ -125,5 +126,5 @@ def test_torchrun_target(tmp_path):
          '-m', 'timm_pnnh.run', script, '--x', '1'],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith('rank'))
-    assert lines == [f"rank {r} of 2 sum 3 registered True args ['--x', '1']" for r in (0, 1)]
+    for r in (0, 1):
+        assert (tmp_path / f'rank{r}.txt').read_text() == f"rank {r} of 2 sum 3 registered True args ['--x', '1']"
