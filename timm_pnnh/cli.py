@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     'timm_pnnh.compare',
     'timm_pnnh.hub',
     'timm_pnnh.bench',
+    'timm_pnnh.run',
 )
 
 

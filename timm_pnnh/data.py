@@ -1,16 +1,22 @@
 """Fashion-MNIST, found where it already is: torchvision's layout or Debian's package.
 
-torchvision's ``FashionMNIST`` reads the uncompressed IDX files from ``ROOT/FashionMNIST/raw/``.
-Debian's ``dataset-fashion-mnist`` installs the gzipped originals in ``/usr/share/datasets/fashion-mnist/``.
-``prepare_fashion_mnist`` lays the latter out as the former (decompressing into a temporary file, then
-renaming it, so no half-written file is left); nothing is downloaded.
+torchvision's ``FashionMNIST`` (and so timm's ``--dataset torch/fashion_mnist --data-dir ROOT``) reads
+the *uncompressed* IDX files from ``ROOT/FashionMNIST/raw/``; symlinks to the ``.gz`` archives do not
+work. Debian's ``dataset-fashion-mnist`` installs the gzipped originals in
+``/usr/share/datasets/fashion-mnist/``. ``prepare_fashion_mnist`` lays the latter out as the former
+(decompressing into a temporary file, then renaming it, so no half-written file is left; files
+already there are kept); nothing is downloaded. From the shell::
+
+    python -m timm_pnnh.data ROOT [--source DIR]
 """
+import argparse
 import gzip
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -35,20 +41,20 @@ def _find_source(name: str, search: Tuple[Path, ...]) -> Optional[Path]:
     return None
 
 
-def prepare_fashion_mnist(root: Optional[os.PathLike] = None) -> Path:
+def prepare_fashion_mnist(root: Optional[os.PathLike] = None, source: Optional[os.PathLike] = None) -> Path:
     """Make ``root/FashionMNIST/raw/`` hold the four uncompressed IDX files; return ``root``.
 
-    Looks in ``root/FashionMNIST/raw`` (plain or .gz) and in Debian's folder. Raises FileNotFoundError
-    with instructions when a file is nowhere to be found.
+    Looks in ``root/FashionMNIST/raw`` (plain or .gz), then in ``source`` (default: Debian's folder).
+    Raises FileNotFoundError with instructions, before writing anything, when a file is nowhere.
     """
     root = Path(root) if root is not None else DEFAULT_ROOT
     raw = root / 'FashionMNIST' / 'raw'
-    search = (raw, DEBIAN_DIR)
+    search = (raw, Path(source) if source is not None else DEBIAN_DIR)
     missing = [name for name in FILES if not (raw / name).is_file()]
     sources = {name: _find_source(name, search) for name in missing}
     absent = [name for name, src in sources.items() if src is None]
     if absent:
-        raise FileNotFoundError(f'{HOW_TO_GET}\nMissing: {", ".join(absent)} (looked in {raw} and {DEBIAN_DIR})')
+        raise FileNotFoundError(f'{HOW_TO_GET}\nMissing: {", ".join(absent)} (looked in {search[0]} and {search[1]})')
     raw.mkdir(parents=True, exist_ok=True)
     for name, src in sources.items():
         opener = gzip.open if src.suffix == '.gz' else open
@@ -65,3 +71,21 @@ def load_fashion_mnist(root: Optional[os.PathLike] = None, train: bool = True) -
     images = dataset.data.unsqueeze(1).float().div_(255)
     images = images.sub_(FMNIST_MEAN[0]).div_(FMNIST_STD[0])
     return images, dataset.targets.clone()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m timm_pnnh.data',
+        description='Lay out Fashion-MNIST for `train.py --dataset torch/fashion_mnist --data-dir ROOT`.')
+    parser.add_argument('root', help='the --data-dir to give train.py')
+    parser.add_argument('--source', default=str(DEBIAN_DIR), help='folder with the IDX files (plain or .gz)')
+    args = parser.parse_args(argv)
+    try:
+        print(prepare_fashion_mnist(args.root, args.source) / 'FashionMNIST' / 'raw')
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``timm-pnnh run SCRIPT [ARGS...]`` (also ``python -m timm_pnnh.run SCRIPT [ARGS...]``).
+
+Runs an unmodified timm script (``train.py``, ``validate.py``, ``benchmark.py``, ``inference.py``
+from timm's repository) with the PNNH models registered: ``import timm_pnnh``, then the script is
+executed as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``, so its own arguments, output and exit
+code (``SystemExit``) pass through untouched. The script's folder goes first on ``sys.path``, as
+``python SCRIPT`` would put it.
+
+It is a ``torchrun`` target (``torchrun --nproc_per_node=N -m timm_pnnh.run train.py ...``) and
+runs under SLURM (``srun python -m timm_pnnh.run train.py ...``): timm's scripts read the rank and
+world size from the environment those launchers set.
+
+``train.py`` alone can do without it: ``train.py --device-modules timm_pnnh`` (or
+``device_modules: [timm_pnnh]`` in a ``-c`` YAML) imports the package before the model is built.
+``validate.py``, ``benchmark.py`` and ``inference.py`` have no such option.
+"""
+import argparse
+import ast
+import os
+import runpy
+import sys
+from typing import List, Optional, Sequence
+
+
+def check_script(script: str) -> str:
+    """The absolute path of ``script`` if it is a Python file that imports timm, else ValueError."""
+    if not os.path.isfile(script):
+        raise ValueError(f'SCRIPT={script!r} is not a file; give the path of a timm script '
+                         f'(train.py, validate.py, benchmark.py or inference.py from timm\'s repository)')
+    try:
+        with open(script, 'rb') as f:
+            tree = ast.parse(f.read(), filename=script)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f'SCRIPT={script!r} is not a Python script ({type(e).__name__}: {e})') from None
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split('.')[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split('.')[0])
+    if 'timm' not in imported:
+        raise ValueError(f'SCRIPT={script!r} is not a timm script: it does not import timm')
+    return os.path.abspath(script)
+
+
+def run_script(script: str, args: Sequence[str] = ()) -> int:
+    """Execute ``script`` as ``__main__`` with ``args``; return 0 when it ends without ``sys.exit``.
+
+    A ``SystemExit`` raised by the script propagates unchanged (its code is the process's).
+    """
+    path = check_script(script)
+    import timm_pnnh  # noqa: F401  (registers the models before the script creates one)
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(path))
+    runpy.run_path(path, run_name='__main__')
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('script', metavar='SCRIPT', help="a timm script, e.g. path/to/train.py")
+    parser.add_argument('args', metavar='ARGS', nargs=argparse.REMAINDER,
+                        help="the script's own arguments, passed through unchanged")
+
+
+def run(args) -> int:
+    try:
+        check_script(args.script)
+    except ValueError as e:
+        args.parser.error(str(e))
+    return run_script(args.script, args.args)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'run', help='run an unmodified timm script (train.py, validate.py, ...) with the PNNH models registered',
+        description=__doc__.split('\n\n')[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run, parser=parser)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m timm_pnnh.run', description=__doc__.split('\n\n')[1])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.parser = parser
+    return run(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
