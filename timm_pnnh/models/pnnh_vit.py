@@ -264,7 +264,7 @@ class PnnhBlock(Block):
         default); otherwise (e.g. ``coder_act='relu'`` with GELU in the MLP) ``SplitAct`` keeps both, the
         coder's on the first C_c hidden units and the MLP's on the rest: still one pointwise
         non-linearity between two linears. ``ls1``'s gamma is folded into ``attn.proj``. The LayerNorms
-        stay (per-token statistics cannot fold into a linear). DropPath and dropout, identities in eval,
+        stay (per-token statistics cannot fold into a linear). DropPath and the MLP's dropouts, identities in eval,
         are dropped. In the sequential arrangement the first half, ``coder(u1) + attn(N1 x)``, is plain
         already and keeps its coder. timm's ``reparameterize_model`` calls this.
 
