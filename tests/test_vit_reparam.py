@@ -193,7 +193,8 @@ def test_reparameterize_is_idempotent_and_in_place():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(scale_mlp_norm=True), r"mlp=Mlp cannot fold with the coder: only timm's Mlp with Linear layers and no hidden norm"),
+    (dict(scale_mlp_norm=True),
+     r"mlp=Mlp cannot fold with the coder: only timm's Mlp with Linear layers and no hidden norm"),
     (dict(mlp_layer=timm.layers.SwiGLUPacked), r'mlp=GluMlp cannot fold'),
 ])
 def test_reparameterize_rejects_an_mlp_it_cannot_fold(kwargs, match):
