@@ -15,13 +15,14 @@ Families (the residual baselines are timm's own ``vit_*_patch16_224``):
 """
 import inspect
 import math
+from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import get_act_layer
+from timm.layers import LayerScale, Mlp, get_act_layer
 from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
@@ -30,7 +31,7 @@ from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
 from timm_pnnh.models.pnnh_resnet import CIFAR10_MEAN, CIFAR10_STD, PAPER
 
-__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
+__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
            'ARRANGEMENTS', 'SIZES', 'model_names']
 
 CODER_INITS = ('dirac', 'orthogonal', 'kaiming')
@@ -132,6 +133,44 @@ class LinearCoder(nn.Module):
         return f'{self.weight.shape[1]} -> {self.weight.shape[0]} -> {self.weight.shape[1]}, init={self.init}'
 
 
+class SplitAct(nn.Module):
+    """Two pointwise activations side by side on the last dim: ``act1`` on the first ``split`` channels,
+    ``act2`` on the rest. The hidden activation of a folded PNNH block whose coder and MLP acts differ."""
+
+    def __init__(self, act1: nn.Module, act2: nn.Module, split: int):
+        super().__init__()
+        self.act1, self.act2, self.split = act1, act2, split
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.act1(x[..., :self.split]), self.act2(x[..., self.split:])], -1)
+
+    def extra_repr(self) -> str:
+        return f'split={self.split}'
+
+
+def _same_act(a: nn.Module, b: nn.Module) -> bool:
+    """The same activation function: same class and same settings (``repr``)."""
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def _layer_scale(ls: nn.Module, where: str) -> Optional[torch.Tensor]:
+    """LayerScale's ``gamma`` (None for ``nn.Identity``); any other module cannot fold."""
+    if isinstance(ls, nn.Identity):
+        return None
+    if isinstance(ls, LayerScale):
+        return ls.gamma
+    raise ValueError(f'{where}={type(ls).__name__} cannot fold: only LayerScale or nn.Identity is allowed')
+
+
+def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                      dtype=weight.dtype)
+    layer.weight.copy_(weight)
+    if bias is not None:
+        layer.bias.copy_(bias)
+    return layer
+
+
 class PnnhBlock(Block):
     """PNNH Transformer block: a linear coder carries each token in place of the residual stream.
 
@@ -153,7 +192,8 @@ class PnnhBlock(Block):
     fewer parameters in our ablation. With ``coder_norm=True`` and ``coder_act='mlp'`` the
     parallel coder reads the MLP's input, and the block folds into a plain parallel block whose MLP
     is ``[E ; W1]`` -> act -> ``[E^T | W2]`` (C_c + H hidden units): the paper's weight-sharing coder
-    and learner as one plain layer pair with part of its weights shared. ``drop_path`` drops the learner
+    and learner as one plain layer pair with part of its weights shared (``reparameterize()`` builds it;
+    with coder_norm=False fc1 reads ``concat(x, N2 x)`` through ``[[E, 0], [0, W1]]``). ``drop_path`` drops the learner
     only; the coder is the path that stays, as the identity does in a residual block.
 
     Parameters (H = mlp_ratio * C, C_c = coder_ratio * C, k = 1 parallel / 2 sequential,
@@ -189,6 +229,7 @@ class PnnhBlock(Block):
         self.coder = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd)
         self.coder2 = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd) if self.sequential else None
         self.zero_init_last = zero_init_last
+        self.deployed = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -208,12 +249,87 @@ class PnnhBlock(Block):
     def reset_parameters(self) -> None:
         self.init_weights()
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into its plain deployment form (eval form). Idempotent.
+
+        The coder that meets the MLP (parallel: ``coder``; sequential: ``coder2``) and the MLP become one
+        ``mlp = Sequential(fc1, act, fc2)``, with no residual add::
+
+            fc1 = [[E, 0], [0, W1]], bias [0 ; b1]   on concat(x, N2 x)   (coder_norm=False)
+            fc1 = [E ; W1],          bias [0 ; b1]   on N2 x              (coder_norm=True)
+            fc2 = [E^T | g2 W2],     bias g2 b2                           (g2: ls2's gamma, 1 without)
+
+        ``act`` is the MLP's activation when the coder's is the same function (``coder_act='mlp'``, the
+        default); otherwise (e.g. ``coder_act='relu'`` with GELU in the MLP) ``SplitAct`` keeps both, the
+        coder's on the first C_c hidden units and the MLP's on the rest: still one pointwise
+        non-linearity between two linears. ``ls1``'s gamma is folded into ``attn.proj``. The LayerNorms
+        stay (per-token statistics cannot fold into a linear). DropPath and the MLP's dropouts, identities in eval,
+        are dropped. In the sequential arrangement the first half, ``coder(u1) + attn(N1 x)``, is plain
+        already and keeps its coder. timm's ``reparameterize_model`` calls this.
+
+        Cost: with ``coder_norm=False`` fc1 reads 2C inputs through a block-diagonal weight, twice the
+        multiply-adds of the summed form's ``E`` and ``W1``; with ``coder_norm=True`` it is the same.
+        Raises ValueError for an MLP other than timm's ``Mlp`` without a hidden norm, or a layer scale
+        other than ``LayerScale``.
+        """
+        if self.deployed:
+            return
+        mlp = self.mlp
+        if type(mlp) is not Mlp or not all(isinstance(m, nn.Linear) for m in (mlp.fc1, mlp.fc2)) \
+                or not isinstance(mlp.norm, nn.Identity):
+            raise ValueError(f'mlp={type(mlp).__name__} cannot fold with the coder: only timm\'s Mlp with Linear '
+                             'layers and no hidden norm (scale_mlp_norm=False) is allowed')
+        gamma1, gamma2 = _layer_scale(self.ls1, 'ls1'), _layer_scale(self.ls2, 'ls2')
+        coder = self.coder2 if self.sequential else self.coder
+        enc = coder.weight
+        coder_dim, dim = enc.shape
+        w1, b1 = mlp.fc1.weight, mlp.fc1.bias
+        if self.coder_norm:
+            fc1_w = torch.cat([enc, w1], 0)
+        else:
+            fc1_w = enc.new_zeros(coder_dim + w1.shape[0], 2 * dim)
+            fc1_w[:coder_dim, :dim] = enc
+            fc1_w[coder_dim:, dim:] = w1
+        fc1_b = None if b1 is None else torch.cat([b1.new_zeros(coder_dim), b1])
+        w2, b2 = mlp.fc2.weight, mlp.fc2.bias
+        if gamma2 is not None:
+            w2, b2 = w2 * gamma2[:, None], None if b2 is None else b2 * gamma2
+        act = mlp.act if _same_act(coder.act, mlp.act) else SplitAct(coder.act, mlp.act, coder_dim)
+        fused = nn.Sequential(OrderedDict(
+            fc1=_linear(fc1_w, fc1_b), act=act, fc2=_linear(torch.cat([enc.t(), w2], 1), b2)))
+        if gamma1 is not None:
+            proj = self.attn.proj
+            proj.weight.mul_(gamma1[:, None])
+            if proj.bias is not None:
+                proj.bias.mul_(gamma1)
+        self.mlp = fused
+        self.ls1 = self.ls2 = self.drop_path1 = self.drop_path2 = nn.Identity()
+        if self.sequential:
+            del self.coder2
+        else:
+            del self.coder
+        self.deployed = True
+
+    def _forward_deployed(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool) -> torch.Tensor:
+        if self.sequential:
+            x1 = self.norm1(x)
+            x = self.coder(x1 if self.coder_norm else x) + self.attn(x1, attn_mask=attn_mask, is_causal=is_causal)
+            return self.mlp(self._fc1_input(x))
+        return self.mlp(self._fc1_input(x)) + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
+
+    def _fc1_input(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self.norm2(x)
+        return x2 if self.coder_norm else torch.cat([x, x2], -1)
+
     def forward(
             self,
             x: torch.Tensor,
             attn_mask: Optional[torch.Tensor] = None,
             is_causal: bool = False,
     ) -> torch.Tensor:
+        if self.deployed:
+            return self._forward_deployed(x, attn_mask, is_causal)
         if self.coder2 is not None:
             x1 = self.norm1(x)
             h = self.coder(x1 if self.coder_norm else x)
