@@ -64,13 +64,13 @@ def hub_repo_id(model_tag: str) -> str:
 
 
 def hub_cfgs(cfgs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Add the Hub location, license and paper to each ``'model.tag': cfg`` entry.
-
-    The first tag of a model stays its default tag (timm's ``generate_default_cfgs`` keeps the order
-    of tags that all have a weight source).
+    """Add the weights file, license and paper to each ``'model.tag': cfg`` entry, and the Hub
+    repository (``hf_hub_id``) to the published ones only, so that timm's ``list_pretrained`` and its
+    tests see exactly the tags that have weights. The first tag of a model stays its default tag
+    while none is published.
     """
-    return {name: {'hf_hub_id': hub_repo_id(name), 'hf_hub_filename': WEIGHTS_FILE, 'license': LICENSE,
-                   'paper_ids': PAPER_ID, 'paper_name': PAPER_NAME, **cfg}
+    return {name: {**({'hf_hub_id': hub_repo_id(name)} if name in PUBLISHED else {}), 'hf_hub_filename': WEIGHTS_FILE,
+                   'license': LICENSE, 'paper_ids': PAPER_ID, 'paper_name': PAPER_NAME, **cfg}
             for name, cfg in cfgs.items()}
 
 
@@ -120,20 +120,18 @@ def check_pretrained_source(
         raise ValueError(f'{name}: url={cfg.url!r} is not allowed: weights load from the Hugging Face Hub '
                          f'(hf_hub_id) or a local .safetensors file (file)')
     if not cfg.hf_hub_id:
-        raise WeightsNotPublishedError(f'{name}: no pretrained weight source is configured; published tags of '
-                                       f'{variant}: {", ".join(published_tags(variant)) or "none"}')
+        if not cfg.tag or name not in PUBLISHED:
+            raise WeightsNotPublishedError(
+                f'{variant}: the weights of tag {cfg.tag!r} ({name}) are not published yet '
+                f'(they are to be at https://huggingface.co/{hub_repo_id(name) if cfg.tag else HUB_ORG}). '
+                f'Published tags of {variant}: {", ".join(published_tags(variant)) or "none"}. Use pretrained=False, '
+                f"a published tag, or a local file with pretrained_cfg_overlay=dict(file='.../{WEIGHTS_FILE}').")
+        overlay['hf_hub_id'] = hub_repo_id(name)  # a tag marked published after the registry was built
+        cfg = dataclasses.replace(cfg, hf_hub_id=overlay['hf_hub_id'])
     filename = cfg.hf_hub_filename or WEIGHTS_FILE
     if not filename.endswith('.safetensors'):
         raise ValueError(f'{name}: hf_hub_filename={filename!r} is not allowed: only .safetensors weights are loaded')
     overlay['hf_hub_filename'] = filename
-    registry_repo = cfg.tag and cfg.source != 'hf-hub' and cfg.hf_hub_id == hub_repo_id(name)
-    if registry_repo and name not in PUBLISHED:
-        published = published_tags(variant)
-        raise WeightsNotPublishedError(
-            f'{variant}: the weights of tag {cfg.tag!r} ({name}) are not published yet '
-            f'(they are to be at https://huggingface.co/{cfg.hf_hub_id}). Published tags of {variant}: '
-            f'{", ".join(published) or "none"}. Use pretrained=False, a published tag, or a local file with '
-            f"pretrained_cfg_overlay=dict(file='.../{WEIGHTS_FILE}').")
     return overlay, _where(dataclasses.replace(cfg, hf_hub_filename=filename))
 
 
