@@ -67,6 +67,13 @@ def test_ridge_r2_recovers_a_linear_map_and_nothing_else():
     noise = torch.randn(2, 500, 3, generator=_gen(2))
     assert abs(ridge_r2(x[0], noise[0], x[1], noise[1])) < 0.05
     assert abs(ridge_r2(torch.ones(500, 12), noise[0], torch.ones(500, 12), noise[1])) < 0.02
+    # few rows, many correlated features: the cross-validated penalty does not overfit a tiny fixed one does
+    wide = torch.randn(2, 40, 8, generator=_gen(3)) @ torch.randn(8, 200, generator=_gen(4))
+    wide = wide + 0.01 * torch.randn(2, 40, 200, generator=_gen(5))
+    target = wide[..., :5] @ torch.randn(5, 2, generator=_gen(6)) + 0.5 * torch.randn(2, 40, 2, generator=_gen(7))
+    chosen, fixed = ridge_r2(wide[0], target[0], wide[1], target[1]), ridge_r2(wide[0], target[0], wide[1], target[1], 1e-6)
+    assert chosen > 0.5 and chosen >= fixed - 1e-9
+    assert ridge_r2(wide[0], noise[0, :40], wide[1], noise[1, :40]) > -0.2
 
 
 def test_input_targets_are_the_cells_each_position_covers():
@@ -101,8 +108,9 @@ def test_plain_net_loses_the_input_faster_than_residual_and_pnnh_at_init():
         torch.manual_seed(0)
         rows = retention(timm.create_model(name, num_classes=10, in_chans=1), images[0], images[1], batch_stats=True)
         assert len(rows) == 27 and rows[0]['name'] == 'layer1.0' and rows[-1]['name'] == 'layer3.8'
-        last[name] = rows[-1]['r2']
-    assert last['plain_resnet56'] < min(last['cifar_resnet56'], last['pnnh_resnet56']) - 0.2
+        last[name] = rows[-1]
+    assert last['plain_resnet56']['r2'] < 0.05 and min(last['cifar_resnet56']['r2'], last['pnnh_resnet56']['r2']) > 0.1
+    assert last['plain_resnet56']['cka'] < min(last['cifar_resnet56']['cka'], last['pnnh_resnet56']['cka']) - 0.2
 
 
 def test_blocks_of_timm_resnet_and_vit_and_the_fallbacks():

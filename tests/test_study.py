@@ -167,6 +167,8 @@ def test_report_verdicts_are_computed_from_the_numbers(small_study):
     assert 'pnnh-56 vs residual-56**: -0.5 +- 0.1 points' in text and 'PNNH worse by more than 2 std' in text
     # the half-width learner row is on par with residual-56 at half its parameters
     assert 'pnnh-56 learner_ratio=0.5 (430k params' in text and '1.99x fewer parameters' in text
+    assert '**pnnh-56 learner_ratio=0.5 vs residual-56** (430k vs 856k params): -0.0 +- 0.2 points: on par' in text
+    assert '**Plain vs residual at depth 56**: -45.2 +- 4.8 points: the plain net is worse by more than 2 std' in text
     assert 'pnnh-20 / residual-20: 0.83x' in text and 'not reproduced: PNNH trains slower' in text
     assert 'R^2 plain 0.05, residual 0.70, PNNH 0.68' in text and 'reproduced: the plain net holds less' in text
     # change a number, the verdict follows

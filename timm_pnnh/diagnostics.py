@@ -8,8 +8,9 @@ linear, model-agnostic quantities instead (our choice), per block in depth order
   map from the C feature values to the input pixels that position covers (the image resized to a
   whole multiple ``r`` of the feature map and cut into r x r cells, "space to depth"; r = 1 for a
   stride-1 feature map, patch-sized cells for a ViT's token grid). Fitted on one batch, scored on
-  another: R^2 = 1 - SSE / SST over all target values of the scoring batch (SST about that batch's
-  mean). 1: the input is linearly recoverable; 0: no better than the mean image; it can be negative.
+  another (the ridge penalty chosen by generalised cross-validation on the fit batch): R^2 = 1 - SSE /
+  SST over all target values of the scoring batch (SST about that batch's mean). 1: the input is
+  linearly recoverable; 0: no better than the mean image; it can be negative.
 * ``cka`` -- **linear CKA** (Kornblith et al. 2019) between the flattened inputs and the flattened
   block outputs over the scoring batch. Invariant to orthogonal transforms and isotropic scaling of
   either side; 0 when the features do not vary across images (defined so, 0/0 otherwise).
@@ -63,22 +64,39 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((kx * ky).sum() / denom)
 
 
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
 def ridge_r2(fit_x: torch.Tensor, fit_y: torch.Tensor, score_x: torch.Tensor, score_y: torch.Tensor,
-             alpha: float = 1e-3) -> float:
+             alpha: Optional[float] = None) -> float:
     """Fit ``y ~ x W + b`` by ridge least squares on the fit rows; return R^2 on the scoring rows.
 
     The ridge penalty is ``alpha`` times the mean eigenvalue of the centred fit features' Gram matrix
-    (scale-free). R^2 = 1 - SSE / SST, SST about the scoring targets' mean; 0 when SST is 0.
+    (scale-free); ``alpha=None`` picks it from ``RIDGE_GRID`` by generalised cross-validation on the
+    fit rows alone (so few rows and many features do not overfit). R^2 = 1 - SSE / SST, SST about
+    the scoring targets' mean; 0 when SST is 0.
     """
     fx, fy, sx, sy = (t.double() for t in (fit_x, fit_y, score_x, score_y))
     mx, my = fx.mean(0), fy.mean(0)
     fx, fy = fx - mx, fy - my
-    gram = fx.T @ fx
-    lam = alpha * gram.diagonal().sum() / gram.shape[0]
-    if lam.item() <= 0:  # constant features: the best linear map predicts the mean
+    u, sv, vt = torch.linalg.svd(fx, full_matrices=False)
+    eig = sv ** 2
+    scale = eig.sum() / fx.shape[1]
+    if scale.item() <= 0:  # constant features: the best linear map predicts the mean
         pred = my.expand_as(sy)
     else:
-        weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), fx.T @ fy)
+        uy = u.T @ fy
+        power = (uy ** 2).sum(1)
+        total = (fy ** 2).sum()
+
+        def gcv(a):
+            shrink = eig / (eig + a * scale)
+            dof = fx.shape[0] - shrink.sum()
+            rss = total - (2 * shrink - shrink ** 2) @ power
+            return (rss / dof ** 2).item() if dof.item() > 0.5 else float('inf')
+
+        a = alpha if alpha is not None else min(RIDGE_GRID, key=gcv)
+        weight = vt.T @ ((sv / (eig + a * scale))[:, None] * uy)
         pred = (sx - mx) @ weight + my
     sst = ((sy - sy.mean(0)) ** 2).sum()
     if sst.item() == 0:
@@ -108,7 +126,7 @@ def _rows(features: torch.Tensor) -> torch.Tensor:
 
 
 def block_retention(fit_in: torch.Tensor, fit_feat: torch.Tensor, score_in: torch.Tensor,
-                    score_feat: torch.Tensor, alpha: float = 1e-3) -> Dict[str, float]:
+                    score_feat: torch.Tensor, alpha: Optional[float] = None) -> Dict[str, float]:
     """``r2``, ``cka`` and ``alive`` of one block from its NCHW outputs on a fit and a scoring batch."""
     grid = tuple(fit_feat.shape[-2:])
     r2 = ridge_r2(_rows(fit_feat), input_targets(fit_in, grid), _rows(score_feat), input_targets(score_in, grid), alpha)
@@ -189,7 +207,7 @@ def _prepared(model: nn.Module, batch_stats: bool) -> nn.Module:
 
 
 def retention(model: nn.Module, fit_images: torch.Tensor, score_images: torch.Tensor, batch_stats: bool,
-              alpha: float = 1e-3) -> List[Dict]:
+              alpha: Optional[float] = None) -> List[Dict]:
     """Per block, in depth order: index (1-based), name, output shape, r2, cka, alive."""
     if fit_images.shape[1:] != score_images.shape[1:]:
         raise ValueError(f'fit and scoring images differ in shape: {tuple(fit_images.shape)} vs {tuple(score_images.shape)}')
@@ -357,7 +375,8 @@ def register(subparsers) -> None:
     parser.add_argument('--in-chans', type=int, default=1)
     parser.add_argument('--num-classes', type=int, default=10, help='classifier size (must match a checkpoint)')
     parser.add_argument('--batch-size', type=int, default=256, help='images in each of the fit and scoring batches')
-    parser.add_argument('--alpha', type=float, default=1e-3, help='relative ridge penalty')
+    parser.add_argument('--alpha', type=float, default=None,
+                        help='relative ridge penalty (default: chosen by generalised cross-validation on the fit batch)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (Debian\'s package is found on its own)')
     parser.add_argument('--out', default='output/diagnose')

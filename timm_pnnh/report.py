@@ -6,6 +6,7 @@ input retention. Two rows are compared on their paired per-seed differences (the
 ``d +- s`` is the mean and the standard deviation of those differences; "within 2 std" means
 ``|d| <= 2 s``. With one seed there is no spread and the line says so.
 """
+import json
 import os
 import re
 import shutil
@@ -13,8 +14,6 @@ import statistics
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
-
-import json
 
 from timm_pnnh.study import PLOTS, fmt_acc, markdown_table
 
@@ -66,11 +65,11 @@ def verdicts(study: Dict) -> List[str]:
                          'reproduced: the deeper plain net is worse', 'not reproduced: no change beyond 2 std')
         lines.append(f"**Plain accuracy vs depth** ({steps}): plain-{plain[-1]['depth']} vs plain-{plain[0]['depth']}: "
                      f"{_pm(d, s)} points over {n} seeds: {verdict}.")
-    for depth in depths:
-        if ('plain', 'resnet', depth) in base and ('residual', 'resnet', depth) in base and depth == depths[-1]:
-            d, s, n = paired(base[('plain', 'resnet', depth)], base[('residual', 'resnet', depth)])
-            verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
-            lines.append(f'**Plain vs residual at depth {depth}**: {_pm(d, s)} points: {verdict}.')
+    deepest = [d for d in depths if ('plain', 'resnet', d) in base and ('residual', 'resnet', d) in base]
+    if deepest:
+        d, s, n = paired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])
+        verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
+        lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {_pm(d, s)} points: {verdict}.')
     if not plain:
         lines.append('**Plain accuracy vs depth**: no plain rows in this study.')
 
@@ -82,6 +81,13 @@ def verdicts(study: Dict) -> List[str]:
         verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
         lines.append(f"**PNNH vs residual, {p['label']} vs {r['label']}**: {_pm(d, s)} points ({fmt_acc(p)} vs "
                      f"{fmt_acc(r)}): {verdict}.")
+    for p in (s for s in summary if s['family'] == 'pnnh' and s['model_kwargs']):
+        r = base.get(('residual', p['arch'], p['depth']))
+        if r is not None:
+            d, s, n = paired(p, r)
+            verdict = _judge(d, s, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
+            lines.append(f"**{p['label']} vs {r['label']}** ({p['params'] / 1e3:.0f}k vs {r['params'] / 1e3:.0f}k "
+                         f"params): {_pm(d, s)} points: {verdict}.")
     if not keys:
         lines.append('**PNNH vs residual at equal depth**: no pair of rows in this study.')
 

@@ -41,6 +41,7 @@ from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, re
 from timm_pnnh.training import Recipe
 
 FAMILIES = ('plain', 'residual', 'pnnh')
+RETENTION_METHOD = 'ridge-gcv space-to-depth R^2, linear CKA, fraction > 0'  # records measured otherwise are redone
 RESNET_NAMES = {'plain': 'plain_resnet{depth}', 'residual': 'cifar_resnet{depth}', 'pnnh': 'pnnh_resnet{depth}'}
 # small-image ViTs: rows only for the names timm knows (registered by timm_pnnh when that family is present)
 VIT_NAMES = {'plain': 'plain_vit_tiny_patch4_32', 'residual': 'cifar_vit_tiny_patch4_32', 'pnnh': 'pnnh_vit_tiny_patch4_32'}
@@ -176,7 +177,7 @@ def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
     """What a record must match to be reused."""
     return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(preset.recipe),
                 train_size=len(data.train[0]), test_size=len(data.test[0]), diag_batch=preset.diag_batch,
-                data=data.source)
+                data=data.source, retention=RETENTION_METHOD)
 
 
 def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print) -> List[Dict]:
