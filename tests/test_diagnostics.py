@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh import data, diagnostics
+from timm_pnnh import data
 from timm_pnnh.cli import main
 from timm_pnnh.diagnostics import (
     PLOT_MISSING, block_outputs, find_blocks, input_targets, linear_cka, plot_retention, retention, ridge_r2)

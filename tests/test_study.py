@@ -8,7 +8,6 @@ from argparse import Namespace
 import numpy as np
 import pytest
 import timm
-import torch
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh import data, report, study, training
@@ -166,7 +165,8 @@ def test_report_verdicts_are_computed_from_the_numbers(small_study):
     assert 'pnnh-20 vs residual-20**: -0.2 +- 0.1 points' in text and 'on par within 2 std' in text
     assert 'pnnh-56 vs residual-56**: -0.5 +- 0.1 points' in text and 'PNNH worse by more than 2 std' in text
     # the half-width learner row is on par with residual-56 at half its parameters
-    assert 'pnnh-56 learner_ratio=0.5 (430k params' in text and '1.99x fewer parameters' in text
+    assert 'pnnh-56 learner_ratio=0.5 (430k params' in text and 'residual / PNNH parameters 1.99x' in text
+    assert 'partly reproduced' in text
     assert '**pnnh-56 learner_ratio=0.5 vs residual-56** (430k vs 856k params): -0.0 +- 0.2 points: on par' in text
     assert '**Plain vs residual at depth 56**: -45.2 +- 4.8 points: the plain net is worse by more than 2 std' in text
     assert 'pnnh-20 / residual-20: 0.83x' in text and 'not reproduced: PNNH trains slower' in text
@@ -175,6 +175,9 @@ def test_report_verdicts_are_computed_from_the_numbers(small_study):
     changed = copy.deepcopy(small_study)
     changed['summary'][5]['test_accs'] = [90.0, 90.5, 90.3]
     assert 'pnnh-56 vs residual-56**: +0.0 +- 0.1 points' in '\n'.join(report.verdicts(changed))
+    changed['summary'][2]['test_accs'] = [91.0, 91.2, 91.1]  # pnnh-20 above every residual row
+    assert 'no residual row reaches it; the largest one, residual-56 (856k' in '\n'.join(report.verdicts(changed))
+    assert 'residual / PNNH parameters >= 3.02x' in '\n'.join(report.verdicts(changed))
 
 
 def test_report_writes_the_readme_section_atomically(small_study, tmp_path, capsys):

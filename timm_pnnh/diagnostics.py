@@ -35,7 +35,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -282,15 +282,20 @@ def plot_retention(path: os.PathLike, curves: Dict[str, List[Dict]], title: str 
         import matplotlib.pyplot as plt
     except ImportError:
         return PLOT_MISSING
+    def base(label):  # 'pnnh-56 init' and 'pnnh-56 trained' share a colour
+        return label.rsplit(' ', 1)[0] if label.endswith((' init', ' trained')) else label
+
+    bases = list(dict.fromkeys(base(label) for label in curves))
+    cmap = plt.get_cmap('tab10' if len(bases) <= 10 else 'tab20')
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(5 * len(MEASURES), 4), squeeze=False)
     for ax, measure in zip(axes[0], MEASURES):
         for label, rows in curves.items():
-            ax.plot([r['index'] for r in rows], [r[measure] for r in rows], marker='.', label=label,
-                    linestyle='--' if 'init' in label else '-')
+            ax.plot([r['index'] for r in rows], [r[measure] for r in rows], marker='.', markersize=3, label=label,
+                    color=cmap(bases.index(base(label)) % cmap.N), linestyle='--' if label.endswith(' init') else '-')
         ax.set_xlabel('block (depth order)')
         ax.set_title(MEASURE_TITLES[measure])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=6, loc='best')
     if title:
         fig.suptitle(title)
     fig.tight_layout()
