@@ -12,6 +12,9 @@ from typing import List, Optional
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
     'timm_pnnh.compare',
+    'timm_pnnh.diagnostics',
+    'timm_pnnh.study',
+    'timm_pnnh.report',
     'timm_pnnh.hub',
     'timm_pnnh.bench',
     'timm_pnnh.run',

@@ -76,11 +76,13 @@ def train_and_evaluate(
         seed: int = 0,
         model_kwargs: Optional[Dict[str, Any]] = None,
         progress: Optional[Callable[[int, float], None]] = None,
+        on_trained: Optional[Callable[[torch.nn.Module], None]] = None,
 ) -> RunResult:
     """Train ``model_name`` on ``train = (images, labels)`` with ``recipe``; score it on ``test``.
 
     The seed fixes the model's initialisation and the batch order, so two models trained with the
-    same seed see the same batches. ``progress(step, loss)`` is called after every step.
+    same seed see the same batches. ``progress(step, loss)`` is called after every step;
+    ``on_trained(model)`` once with the trained model (in eval mode), after scoring.
     """
     recipe = recipe or Recipe()
     images, labels = train
@@ -117,6 +119,8 @@ def train_and_evaluate(
         if progress is not None:
             progress(step, loss.item())
     test_acc = evaluate(model, *test, batch_size=recipe.eval_batch_size)
+    if on_trained is not None:
+        on_trained(model)
     return RunResult(
         model=model_name, seed=seed, params=sum(p.numel() for p in model.parameters()), test_acc=test_acc,
         final_train_loss=loss.item(), train_images_per_s=timed_images / max(timed_seconds, 1e-9),

@@ -1,0 +1,223 @@
+"""The study: presets, per-run model arguments, resume, the report, and a tiny end-to-end sweep."""
+import copy
+import gzip
+import json
+import struct
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import timm
+
+import timm_pnnh  # noqa: F401
+from timm_pnnh import data, report, study, training
+from timm_pnnh.cli import main
+
+
+def _write_idx(path, array):
+    header = struct.pack('>HBB', 0, 0x08, array.ndim) + b''.join(struct.pack('>I', d) for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fashion_mnist(tmp_path, monkeypatch):
+    """A small dataset in Fashion-MNIST's IDX format, gzipped like Debian's package."""
+    debian = tmp_path / 'debian'
+    debian.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 128), ('t10k', 64)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28)) + (labels[:, None, None] * 20)
+        _write_idx(debian / f'{split}-images-idx3-ubyte.gz', images)
+        _write_idx(debian / f'{split}-labels-idx1-ubyte.gz', labels)
+    monkeypatch.setattr(data, 'DEBIAN_DIR', debian)
+    return tmp_path / 'root'
+
+
+TINY = ['--depths', '20', '--seeds', '0', '1', '--steps', '2', '--batch-size', '16', '--train-size', '64',
+        '--test-size', '32', '--diag-batch', '8']
+
+
+def _args(**overrides):
+    base = dict(preset='quick', seeds=None, depths=None, steps=None, batch_size=None, train_size=None, test_size=None,
+                diag_batch=None, data_dir=None, out=None, resume=True)
+    return Namespace(**dict(base, **overrides))
+
+
+def _tiny_preset(**changes):
+    tiny = dict(depths=[20], seeds=[0], steps=1, batch_size=8, train_size=32, test_size=16, diag_batch=8)
+    return study.resolve_preset(_args(**{**tiny, **changes}))
+
+
+def test_presets_sweep_the_three_families_at_the_paper_depths():
+    quick = study.preset_rows(study.PRESETS['quick'])
+    assert [r.label for r in quick] == ['plain-20', 'residual-20', 'pnnh-20', 'plain-56', 'residual-56', 'pnnh-56']
+    assert all(timm.is_model(r.model) for r in quick)
+    full = study.preset_rows(study.PRESETS['full'])
+    assert {r.depth for r in full if r.arch == 'resnet'} == {20, 56, 110}
+    assert study.PRESETS['full'].seeds == study.PRESETS['quick'].seeds
+
+
+def test_vit_rows_appear_only_for_registered_names(monkeypatch):
+    known = set()
+    monkeypatch.setattr(study.timm, 'is_model', lambda name: name in known)
+    assert not [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
+    known.update(study.VIT_NAMES.values())
+    vits = [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
+    assert [r.family for r in vits] == list(study.FAMILIES) and all(dict(r.kwargs)['img_size'] == 28 for r in vits)
+    assert not [r for r in study.preset_rows(study.PRESETS['quick']) if r.arch == 'vit']
+
+
+@pytest.mark.parametrize('overrides, match', [
+    (dict(depths=[21]), '--depths value 21'), (dict(seeds=[0, 0]), '--seeds'), (dict(steps=0), 'steps=0'),
+    (dict(test_size=0), '--test-size=0')])
+def test_bad_overrides_name_the_parameter(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        study.resolve_preset(_args(**overrides))
+
+
+def test_ablation_knobs_reach_the_model(fake_fashion_mnist, tmp_path):
+    preset = study.resolve_preset(_args(preset='ablation', depths=[20], seeds=[0], steps=1, batch_size=8, train_size=32,
+                                        test_size=16, diag_batch=8))
+    rows = study.preset_rows(preset)
+    assert rows[0].family == 'residual' and len(rows) == 1 + len(study.ABLATION_KNOBS)
+    assert {k for r in rows for k, _ in r.kwargs} == {'coder_ratio', 'coder_kernel', 'coder_init', 'coder_norm',
+                                                      'learner_ratio'}
+    picked = [r for r in rows if r.family == 'pnnh' and r.kwargs in ((), (('learner_ratio', 0.5),), (('coder_kernel', 3),))]
+    records = study.sweep(picked, preset, study.load_data(preset, fake_fashion_mnist), tmp_path / 'out', log=lambda m: None)
+    for row, record in zip(picked, records):
+        expected = timm.create_model('pnnh_resnet20', num_classes=10, in_chans=1, **dict(row.kwargs))
+        assert record['params'] == sum(p.numel() for p in expected.parameters())
+        assert record['model_kwargs'] == dict(row.kwargs)
+    params = {tuple(r['model_kwargs'].items()): r['params'] for r in records}
+    assert params[(('learner_ratio', 0.5),)] < params[()] < params[(('coder_kernel', 3),)]
+
+
+def test_resume_does_not_redo_finished_runs(fake_fashion_mnist, tmp_path, monkeypatch):
+    preset = _tiny_preset()
+    rows = study.preset_rows(preset)
+    loaded = study.load_data(preset, fake_fashion_mnist)
+    calls = []
+    real = training.train_and_evaluate
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        if fail_on and len(calls) == fail_on:
+            raise KeyboardInterrupt  # the sweep is stopped half-way
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(study.training, 'train_and_evaluate', counting)
+    out = tmp_path / 'out'
+    fail_on = 2
+    with pytest.raises(KeyboardInterrupt):
+        study.sweep(rows, preset, loaded, out, log=lambda m: None)
+    assert sorted(p.name for p in (out / 'runs').iterdir()) == ['plain-20-seed0.json']  # nothing half-written
+    fail_on = 0
+    calls.clear()
+    records = study.sweep(rows, preset, loaded, out, log=lambda m: None)
+    assert calls == ['cifar_resnet20', 'pnnh_resnet20'] and len(records) == 3
+    calls.clear()
+    again = study.sweep(rows, preset, loaded, out, log=lambda m: None)
+    assert calls == [] and again == records
+    # a new seed runs only the new runs; changed settings run again; --no-resume redoes everything
+    calls.clear()
+    study.sweep(rows, _tiny_preset(seeds=[0, 1]), loaded, out, log=lambda m: None)
+    assert calls == ['plain_resnet20', 'cifar_resnet20', 'pnnh_resnet20']
+    calls.clear()
+    study.sweep(rows, _tiny_preset(steps=2), loaded, out, log=lambda m: None)
+    assert len(calls) == 3
+    calls.clear()
+    study.sweep(rows[:1], _tiny_preset(steps=2), loaded, out, resume=False, log=lambda m: None)
+    assert calls == ['plain_resnet20']
+
+
+def _row(label, family, depth, params, accs, ips, r2_last, kwargs=None):
+    curve = [dict(index=1, name='layer1.0', shape=[16, 28, 28], r2=0.9, cka=0.9, alive=0.5),
+             dict(index=2, name='layer3.8', shape=[64, 7, 7], r2=r2_last, cka=r2_last, alive=0.5)]
+    return dict(label=label, family=family, model=f'{family}_resnet{depth}', arch='resnet', depth=depth,
+                model_kwargs=kwargs or {}, blocks=2, params=params, seeds=[0, 1, 2], test_accs=accs,
+                acc_mean=float(np.mean(accs)), acc_std=float(np.std(accs, ddof=1)), train_images_per_s=ips,
+                retention_init=curve, retention_trained=curve)
+
+
+@pytest.fixture
+def small_study():
+    summary = [
+        _row('plain-20', 'plain', 20, 269_000, [88.0, 88.2, 87.8], 500, 0.2),
+        _row('residual-20', 'residual', 20, 272_000, [88.5, 88.9, 88.7], 480, 0.7),
+        _row('pnnh-20', 'pnnh', 20, 283_000, [88.4, 88.6, 88.5], 400, 0.7),
+        _row('plain-56', 'plain', 56, 853_000, [40.0, 50.0, 45.0], 200, 0.05),
+        _row('residual-56', 'residual', 56, 856_000, [90.0, 90.5, 90.2], 180, 0.7),
+        _row('pnnh-56', 'pnnh', 56, 899_000, [89.5, 90.0, 89.6], 150, 0.68),
+        _row('pnnh-56 learner_ratio=0.5', 'pnnh', 56, 430_000, [90.1, 90.3, 90.2], 210, 0.7, {'learner_ratio': 0.5}),
+    ]
+    return dict(command='timm-pnnh study --preset quick', preset='quick', date='2024-05-01T12:00:00+00:00',
+                hardware=dict(cpu='Test CPU', cpu_count=2, torch_threads=2, device='cpu', torch='2', timm='1'),
+                seeds=[0, 1, 2], recipe=dict(training.Recipe().__dict__), depths=[20, 56], data='Fashion-MNIST: test',
+                wall_seconds=600.0, plots=list(study.PLOTS), summary=summary, runs=[])
+
+
+def test_report_verdicts_are_computed_from_the_numbers(small_study):
+    lines = report.verdicts(small_study)
+    text = '\n'.join(lines)
+    assert 'plain-56 vs plain-20: -43.0 +- 4.9 points over 3 seeds: reproduced: the deeper plain net is worse' in text
+    assert 'pnnh-20 vs residual-20**: -0.2 +- 0.1 points' in text and 'on par within 2 std' in text
+    assert 'pnnh-56 vs residual-56**: -0.5 +- 0.1 points' in text and 'PNNH worse by more than 2 std' in text
+    # the half-width learner row is on par with residual-56 at half its parameters
+    assert 'pnnh-56 learner_ratio=0.5 (430k params' in text and 'residual / PNNH parameters 1.99x' in text
+    assert 'partly reproduced' in text
+    assert '**pnnh-56 learner_ratio=0.5 vs residual-56** (430k vs 856k params): -0.0 +- 0.2 points: on par' in text
+    assert '**Plain vs residual at depth 56**: -45.2 +- 4.8 points: the plain net is worse by more than 2 std' in text
+    assert 'pnnh-20 / residual-20: 0.83x' in text and 'not reproduced: PNNH trains slower' in text
+    assert 'R^2 plain 0.05, residual 0.70, PNNH 0.68' in text and 'reproduced: the plain net holds less' in text
+    # change a number, the verdict follows
+    changed = copy.deepcopy(small_study)
+    changed['summary'][5]['test_accs'] = [90.0, 90.5, 90.3]
+    assert 'pnnh-56 vs residual-56**: +0.0 +- 0.1 points' in '\n'.join(report.verdicts(changed))
+    changed['summary'][2]['test_accs'] = [91.0, 91.2, 91.1]  # pnnh-20 above every residual row
+    assert 'no residual row reaches it; the largest one, residual-56 (856k' in '\n'.join(report.verdicts(changed))
+    assert 'residual / PNNH parameters >= 3.02x' in '\n'.join(report.verdicts(changed))
+
+
+def test_report_writes_the_readme_section_atomically(small_study, tmp_path, capsys):
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'study.json').write_text(json.dumps(small_study))
+    (tmp_path / 'out' / 'accuracy_vs_depth.png').write_bytes(b'png')
+    readme = tmp_path / 'README.md'
+    readme.write_text('# x\n\n## Results\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n')
+    assert main(['report', '--from', str(tmp_path / 'out' / 'study.json'), '--write-readme', str(readme)]) == 0
+    text = readme.read_text()
+    assert '\nold\n' not in text and text.endswith('<!-- results:end -->\n\nafter\n')
+    assert '| pnnh-56 (`pnnh_resnet56`) | pnnh | 56 | 899k | 89.70 +- 0.26 | 3 |' in text
+    assert '![accuracy vs depth](docs/study/accuracy_vs_depth.png)' in text and 'retention_vs_depth' not in text
+    assert (tmp_path / 'docs' / 'study' / 'accuracy_vs_depth.png').read_bytes() == b'png'
+    assert '`timm-pnnh study --preset quick`' in text and '2024-05-01' in text and 'Seeds 0, 1, 2' in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md', 'docs', 'out']
+    readme.write_text('no markers')
+    with pytest.raises(ValueError, match='--write-readme=.*no <!-- results:start -->'):
+        main(['report', '--from', str(tmp_path / 'out' / 'study.json'), '--write-readme', str(readme)])
+
+
+def test_tiny_study_end_to_end(fake_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / 'study'
+    assert main(['study', '--data-dir', str(fake_fashion_mnist), '--out', str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith('| ') and 'resnet20' in line]
+    assert [line.split('|')[2].strip() for line in table] == ['plain', 'residual', 'pnnh']
+    result = json.loads((out / 'study.json').read_text())
+    assert len(result['runs']) == 6 and result['seeds'] == [0, 1] and result['recipe']['steps'] == 2
+    assert result['command'].startswith('timm-pnnh study --preset quick --seeds 0 1 --depths 20 --steps 2')
+    pnnh = next(s for s in result['summary'] if s['family'] == 'pnnh')
+    assert pnnh['blocks'] == 9 and len(pnnh['retention_trained']) == 9 and len(pnnh['test_accs']) == 2
+    assert pnnh['params'] == sum(p.numel() for p in timm.create_model('pnnh_resnet20', num_classes=10, in_chans=1).parameters())
+    assert main(['study', '--data-dir', str(fake_fashion_mnist), '--out', str(out), *TINY]) == 0
+    assert capsys.readouterr().out.count('finished earlier, reused') == 6
+    assert main(['report', '--from', str(out / 'study.json')]) == 0
+    assert '**PNNH vs residual, pnnh-20 vs residual-20**' in capsys.readouterr().out
+
+
+def test_study_without_the_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, 'DEBIAN_DIR', tmp_path / 'nowhere')
+    assert main(['study', '--data-dir', str(tmp_path), '--out', str(tmp_path / 'o')]) == 2
+    assert 'apt-get install -y dataset-fashion-mnist' in capsys.readouterr().err

@@ -1,0 +1,239 @@
+"""``timm-pnnh report``: the README "Results" section, generated from a study's ``study.json``.
+
+Every verdict line is computed from the numbers (the paper's claims, PAPER.md): plain accuracy vs
+depth, PNNH vs residual at equal depth, parameters at equal accuracy, training throughput ratio,
+input retention. Two rows are compared on their paired per-seed differences (the runs share seeds):
+``d +- s`` is the mean and the standard deviation of those differences; "within 2 std" means
+``|d| <= 2 s``. With one seed there is no spread and the line says so.
+"""
+import json
+import os
+import re
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from timm_pnnh.study import fmt_acc, markdown_table
+
+MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
+PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
+PAPER_PARAM_EFFICIENCY = 2.0  # "up to 2x better parameter efficiency"
+RETENTION_MARGIN = 0.05  # R^2 gap counted as a difference in the retention verdict
+
+
+def paired(a: Dict, b: Dict) -> Tuple[float, Optional[float], int]:
+    """Mean and std of ``a - b`` test accuracy over the seeds both rows ran; std None below 2 seeds."""
+    acc_b = dict(zip(b['seeds'], b['test_accs']))
+    diffs = [acc - acc_b[seed] for seed, acc in zip(a['seeds'], a['test_accs']) if seed in acc_b]
+    if not diffs:
+        raise ValueError(f"rows {a['label']!r} and {b['label']!r} share no seed")
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None), len(diffs)
+
+
+def _pm(d: float, s: Optional[float]) -> str:
+    return f'{d:+.1f} +- {s:.1f}' if s is not None else f'{d:+.1f} (one seed, no spread)'
+
+
+def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> str:
+    if s is None:
+        return 'one seed: no verdict on noise'
+    if abs(d) <= 2 * s:
+        return same
+    return better if d > 0 else worse
+
+
+def _base(summary: Sequence[Dict]) -> Dict[Tuple[str, str, Optional[int]], Dict]:
+    """The rows with registered defaults, keyed by (family, arch, depth)."""
+    return {(s['family'], s['arch'], s['depth']): s for s in summary if not s['model_kwargs']}
+
+
+def verdicts(study: Dict) -> List[str]:
+    """One markdown bullet per claim, from the numbers."""
+    summary = study['summary']
+    base = _base(summary)
+    depths = sorted({d for (_, arch, d) in base if arch == 'resnet'})
+    lines = []
+
+    # 1. deep plain nets fail to train
+    plain = [base[('plain', 'resnet', d)] for d in depths if ('plain', 'resnet', d) in base]
+    if len(plain) >= 2:
+        d, s, n = paired(plain[-1], plain[0])
+        steps = ', '.join(f"{p['depth']}: {fmt_acc(p)}" for p in plain)
+        verdict = _judge(d, s, 'not reproduced: the deeper plain net is better',
+                         'reproduced: the deeper plain net is worse', 'not reproduced: no change beyond 2 std')
+        lines.append(f"**Plain accuracy vs depth** ({steps}): plain-{plain[-1]['depth']} vs plain-{plain[0]['depth']}: "
+                     f"{_pm(d, s)} points over {n} seeds: {verdict}.")
+    deepest = [d for d in depths if ('plain', 'resnet', d) in base and ('residual', 'resnet', d) in base]
+    if deepest:
+        d, s, n = paired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])
+        verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
+        lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {_pm(d, s)} points: {verdict}.')
+    if not plain:
+        lines.append('**Plain accuracy vs depth**: no plain rows in this study.')
+
+    # 2. PNNH on par with residual at equal depth
+    keys = [(arch, d) for (fam, arch, d) in base if fam == 'pnnh' and ('residual', arch, d) in base]
+    for arch, depth in keys:
+        p, r = base[('pnnh', arch, depth)], base[('residual', arch, depth)]
+        d, s, n = paired(p, r)
+        verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
+        lines.append(f"**PNNH vs residual, {p['label']} vs {r['label']}**: {_pm(d, s)} points ({fmt_acc(p)} vs "
+                     f"{fmt_acc(r)}): {verdict}.")
+    for p in (s for s in summary if s['family'] == 'pnnh' and s['model_kwargs']):
+        r = base.get(('residual', p['arch'], p['depth']))
+        if r is not None:
+            d, s, n = paired(p, r)
+            verdict = _judge(d, s, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
+            lines.append(f"**{p['label']} vs {r['label']}** ({p['params'] / 1e3:.0f}k vs {r['params'] / 1e3:.0f}k "
+                         f"params): {_pm(d, s)} points: {verdict}.")
+    if not keys:
+        lines.append('**PNNH vs residual at equal depth**: no pair of rows in this study.')
+
+    # 3. parameters at equal accuracy: per PNNH row, the smallest residual row that is on par or better
+    best = None
+    residual = [s for s in summary if s['family'] == 'residual']
+    for p in (s for s in summary if s['family'] == 'pnnh'):
+        reach = []
+        for r in residual:
+            d, sd, _ = paired(r, p)
+            if d >= 0 or (sd is not None and d >= -2 * sd):
+                reach.append(r)
+        if reach:
+            r = min(reach, key=lambda row: row['params'])
+            ratio, bound = r['params'] / p['params'], ''
+        elif residual:
+            r = max(residual, key=lambda row: row['params'])
+            ratio, bound = r['params'] / p['params'], '>= '
+        else:
+            continue
+        if best is None or ratio > best[0]:
+            best = (ratio, bound, p, r)
+    if best is None:
+        lines.append('**Parameters at equal accuracy**: no PNNH and residual rows to compare.')
+    else:
+        ratio, bound, p, r = best
+        d, sd, _ = paired(p, r)
+        verdict = ('reproduced' if ratio >= PAPER_PARAM_EFFICIENCY else
+                   'partly reproduced (fewer parameters, below the paper\'s factor)' if ratio > 1 else
+                   'not reproduced (no PNNH row needs fewer parameters than a residual row of its accuracy)')
+        if sd is None:
+            verdict = f'one seed, no noise estimate: {verdict}'
+        how = ('the smallest residual row on par or better (within 2 std)' if not bound else
+               'no residual row reaches it; the largest one')
+        lines.append(f"**Parameters at equal accuracy**: {p['label']} ({p['params'] / 1e3:.0f}k params, {fmt_acc(p)}) vs "
+                     f"{how}, {r['label']} ({r['params'] / 1e3:.0f}k, {fmt_acc(r)}; difference {_pm(d, sd)}): "
+                     f"residual / PNNH parameters {bound}{ratio:.2f}x, the best over the PNNH rows; {verdict} "
+                     f"(paper: up to {PAPER_PARAM_EFFICIENCY:g}x).")
+
+    # 4. training throughput ratio
+    ratios = [(base[('pnnh', a, d)]['train_images_per_s'] / base[('residual', a, d)]['train_images_per_s'],
+               base[('pnnh', a, d)]['label'], base[('residual', a, d)]['label']) for a, d in keys]
+    if ratios:
+        listed = '; '.join(f'{pl} / {rl}: {x:.2f}x' for x, pl, rl in ratios)
+        top = max(x for x, _, _ in ratios)
+        verdict = ('reproduced' if top >= PAPER_THROUGHPUT else 'PNNH faster, below the paper\'s factor' if top > 1
+                   else 'not reproduced: PNNH trains slower')
+        lines.append(f"**Training throughput** (train images/s, same run, {study['hardware']['device']}, "
+                     f"{study['hardware']['torch_threads']} threads): {listed}; best {top:.2f}x: {verdict} "
+                     f"(paper: up to {PAPER_THROUGHPUT:g}x on GPU).")
+
+    # 5. retention: the deepest block of the deepest depth with all three families
+    full = [d for d in depths if all((f, 'resnet', d) in base for f in ('plain', 'residual', 'pnnh'))]
+    if full:
+        depth = full[-1]
+        for state in ('init', 'trained'):
+            r2 = {f: base[(f, 'resnet', depth)][f'retention_{state}'][-1]['r2'] for f in ('plain', 'residual', 'pnnh')}
+            cka = {f: base[(f, 'resnet', depth)][f'retention_{state}'][-1]['cka'] for f in ('plain', 'residual', 'pnnh')}
+            kept = min(r2['residual'], r2['pnnh'])
+            verdict = ('reproduced: the plain net holds less of the input than both residual and PNNH'
+                       if r2['plain'] < kept - RETENTION_MARGIN else
+                       f'not reproduced: the plain net is not {RETENTION_MARGIN} R^2 below both')
+            lines.append(f"**Input retention at the deepest block, depth {depth}, {state}**: R^2 plain "
+                         f"{r2['plain']:.2f}, residual {r2['residual']:.2f}, PNNH {r2['pnnh']:.2f} (CKA "
+                         f"{cka['plain']:.2f} / {cka['residual']:.2f} / {cka['pnnh']:.2f}): {verdict}.")
+    return [f'- {line}' for line in lines]
+
+
+def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
+    """The Results section body: settings, table, plots (links under ``plot_dir``), verdicts."""
+    hw = study['hardware']
+    recipe = study['recipe']
+    parts = [
+        f"Generated by `timm-pnnh report` from the JSON written by `{study['command']}` "
+        f"on {study['date'][:10]} ({hw['cpu'] or 'CPU'}, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads, "
+        f"torch {hw['torch']}, timm {hw['timm']}; {study['wall_seconds'] / 60:.1f} minutes).",
+        '',
+        f"Seeds {', '.join(map(str, study['seeds']))}; {recipe['steps']} SGD steps of {recipe['batch_size']} "
+        f"(Nesterov, lr {recipe['lr']:g} cosine with {recipe['warmup_fraction']:.0%} warm-up, weight decay "
+        f"{recipe['weight_decay']:g}); {study['data']}. Retention: ridge reconstruction R^2 of the input "
+        'from the deepest block\'s features and linear CKA (`timm-pnnh diagnose`), at initialisation and after training.',
+        '',
+        markdown_table(study['summary']),
+        '',
+    ]
+    if plot_dir is not None:
+        parts += [' '.join(f'![{p[:-4].replace("_", " ")}]({plot_dir}/{p})' for p in study['plots']), '']
+    parts += ['What reproduced here (computed from the JSON by `timm-pnnh report`):', '', *verdicts(study)]
+    return '\n'.join(parts)
+
+
+def write_into(readme: Path, body: str) -> None:
+    """Replace the text between the results markers of ``readme``, atomically."""
+    text = readme.read_text()
+    start, end = (re.escape(m) for m in MARKERS)
+    if not re.search(f'{start}.*?{end}', text, re.S):
+        raise ValueError(f'--write-readme={str(readme)!r}: the file has no {MARKERS[0]} ... {MARKERS[1]} block')
+    new = re.sub(f'{start}.*?{end}', lambda _: f'{MARKERS[0]}\n{body}\n{MARKERS[1]}', text, flags=re.S)
+    with tempfile.NamedTemporaryFile('w', dir=readme.parent, prefix=f'.{readme.name}.', delete=False) as tmp:
+        tmp.write(new)
+    os.replace(tmp.name, readme)
+
+
+def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
+    """Copy the study's PNGs that exist into ``dest`` (each via a temporary file); return those copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in plots:
+        src = study_dir / name
+        if src.is_file():
+            tmp = dest / f'.{name}.tmp'
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest / name)
+            copied.append(name)
+    return copied
+
+
+def run(args) -> int:
+    source = Path(args.source)
+    if not source.is_file():
+        raise ValueError(f'--from={args.source!r}: no such file (run `timm-pnnh study` first)')
+    study = json.loads(source.read_text())
+    plot_dir = None
+    if args.write_readme:
+        readme = Path(args.write_readme)
+        if not readme.is_file():
+            raise ValueError(f'--write-readme={args.write_readme!r}: no such file')
+        dest = readme.parent / args.plots_dir
+        copied = copy_plots(source.parent, study['plots'], dest)
+        if copied:
+            study = dict(study, plots=copied)
+            plot_dir = Path(args.plots_dir).as_posix()
+        body = results_markdown(study, plot_dir)
+        write_into(readme, body)
+        print(body)
+        print(f'\nwrote the Results section of {readme}' + (f' and {len(copied)} plots to {dest}' if copied else ' (no plots found)'))
+    else:
+        print(results_markdown(study, str(source.parent)))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser('report', help="the README Results section from a study's study.json",
+                                   description=__doc__.split('\n\n')[0])
+    parser.add_argument('--from', dest='source', default='output/study-quick/study.json', help='a study.json')
+    parser.add_argument('--write-readme', metavar='README', default=None,
+                        help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file')
+    parser.add_argument('--plots-dir', default='docs/study', help='where (relative to the README) the PNGs are copied')
+    parser.set_defaults(func=run)
