@@ -190,10 +190,13 @@ def test_report_writes_the_readme_section_atomically(small_study, tmp_path, caps
     text = readme.read_text()
     assert '\nold\n' not in text and text.endswith('<!-- results:end -->\n\nafter\n')
     assert '| pnnh-56 (`pnnh_resnet56`) | pnnh | 56 | 899k | 89.70 +- 0.26 | 3 |' in text
-    assert '![accuracy vs depth](docs/study/accuracy_vs_depth.png)' in text and 'retention_vs_depth' not in text
-    assert (tmp_path / 'docs' / 'study' / 'accuracy_vs_depth.png').read_bytes() == b'png'
+    assert '![accuracy vs depth](out/accuracy_vs_depth.png)' in text and 'retention_vs_depth' not in text
     assert '`timm-pnnh study --preset quick`' in text and '2024-05-01' in text and 'Seeds 0, 1, 2' in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md', 'docs', 'out']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md', 'out']  # nothing copied, no temporary file
+    assert main(['report', '--from', str(tmp_path / 'out' / 'study.json'), '--write-readme', str(readme),
+                 '--plots-dir', 'docs/study']) == 0
+    assert '![accuracy vs depth](docs/study/accuracy_vs_depth.png)' in readme.read_text()
+    assert (tmp_path / 'docs' / 'study' / 'accuracy_vs_depth.png').read_bytes() == b'png'
     readme.write_text('no markers')
     with pytest.raises(ValueError, match='--write-readme=.*no <!-- results:start -->'):
         main(['report', '--from', str(tmp_path / 'out' / 'study.json'), '--write-readme', str(readme)])

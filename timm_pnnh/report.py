@@ -215,15 +215,20 @@ def run(args) -> int:
         readme = Path(args.write_readme)
         if not readme.is_file():
             raise ValueError(f'--write-readme={args.write_readme!r}: no such file')
-        dest = readme.parent / args.plots_dir
-        copied = copy_plots(source.parent, study['plots'], dest)
+        if args.plots_dir is None:  # link the plots where the study wrote them (not part of the repository)
+            copied = [p for p in study['plots'] if (source.parent / p).is_file()]
+            dest = source.parent
+            plot_dir = os.path.relpath(source.parent.resolve(), readme.parent.resolve()) if copied else None
+        else:
+            dest = readme.parent / args.plots_dir
+            copied = copy_plots(source.parent, study['plots'], dest)
+            plot_dir = Path(args.plots_dir).as_posix() if copied else None
         if copied:
             study = dict(study, plots=copied)
-            plot_dir = Path(args.plots_dir).as_posix()
-        body = results_markdown(study, plot_dir)
+        body = results_markdown(study, plot_dir and Path(plot_dir).as_posix())
         write_into(readme, body)
         print(body)
-        print(f'\nwrote the Results section of {readme}' + (f' and {len(copied)} plots to {dest}' if copied else ' (no plots found)'))
+        print(f'\nwrote the Results section of {readme}' + (f' (plots: {dest})' if copied else ' (no plots found)'))
     else:
         print(results_markdown(study, str(source.parent)))
     return 0
@@ -235,5 +240,6 @@ def register(subparsers) -> None:
     parser.add_argument('--from', dest='source', default='output/study-quick/study.json', help='a study.json')
     parser.add_argument('--write-readme', metavar='README', default=None,
                         help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file')
-    parser.add_argument('--plots-dir', default='docs/study', help='where (relative to the README) the PNGs are copied')
+    parser.add_argument('--plots-dir', default=None,
+                        help='copy the PNGs here (relative to the README); default: link them where the study wrote them')
     parser.set_defaults(func=run)
