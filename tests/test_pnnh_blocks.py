@@ -63,9 +63,34 @@ def test_decoder_runs_on_the_encoders_storage(name):
 
     with Record():
         block(torch.relu(torch.randn(1, block.coder.weight.shape[1], 8, 8)))
-    assert weights['conv_transpose2d'] == [block.coder.weight.data_ptr()]
-    assert block.coder.weight.data_ptr() in weights['conv2d']
+    (decoder,) = weights['conv_transpose2d']
+    assert decoder in weights['conv2d']  # encoder and decoder: one tensor
     assert sum(p is block.coder.weight for p in block.parameters()) == 1
+    unscaled = pnnh_blocks(timm.create_model(name, coder_lr_scale=1.0))[0]
+    weights.clear()
+    with Record():
+        unscaled(torch.relu(torch.randn(1, unscaled.coder.weight.shape[1], 8, 8)))
+    assert weights['conv_transpose2d'] == [unscaled.coder.weight.data_ptr()]  # the Parameter's own storage
+    assert unscaled.coder.weight.data_ptr() in weights['conv2d']
+
+
+@pytest.mark.parametrize('lr_scale', [1.0, 0.1, 0.01])
+def test_coder_lr_scale_scales_the_sgd_step_of_the_coder_only(lr_scale):
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(4, 16, 8, 8))
+    steps = {}
+    for scale in (1.0, lr_scale):
+        torch.manual_seed(1)
+        block = PnnhBasicBlock(16, 16, coder_init='kaiming', coder_lr_scale=scale)
+        torch.testing.assert_close(block.coder.kernel(), steps.get('kernel', block.coder.kernel()))  # same E
+        steps['kernel'] = block.coder.kernel().detach().clone()
+        before = block.coder.kernel().detach().clone(), block.conv1.weight.detach().clone()
+        optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+        block(x).square().mean().backward()
+        optimizer.step()
+        steps[scale] = (block.coder.kernel().detach() - before[0], block.conv1.weight.detach() - before[1])
+    torch.testing.assert_close(steps[lr_scale][0], lr_scale * steps[1.0][0], rtol=1e-3, atol=1e-6)  # float32 rounding of E = gain * (E / gain)
+    torch.testing.assert_close(steps[lr_scale][1], steps[1.0][1])
 
 
 @pytest.mark.parametrize('knobs', KNOB_VARIANTS, ids=lambda k: ','.join(f'{a}={b}' for a, b in k.items()) or 'default')
@@ -116,6 +141,7 @@ def test_coder_keeps_the_input_better_than_a_plain_layer(coder_init):
     (dict(coder_ratio=0.3), 'coder_ratio=0.3 does not divide 16 channels'),
     (dict(learner_ratio=0.1), 'learner_ratio=0.1 does not divide'),
     (dict(coder_kernel=2), 'coder_kernel=2'),
+    (dict(coder_lr_scale=0.0), 'coder_lr_scale=0.0'),
     (dict(coder_init='xavier'), "coder_init='xavier'"),
     (dict(coder_norm='yes'), "coder_norm='yes'"),
     (dict(plain_transitions=1), 'plain_transitions=1'),

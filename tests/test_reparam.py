@@ -132,7 +132,7 @@ def test_reparameterized_basic_block_is_conv_act_conv_act():
 def test_reparameterized_basic_block_holds_coder_and_its_adjoint():
     torch.manual_seed(0)
     block = PnnhBasicBlock(8, 8, coder_kernel=3, coder_init='kaiming', coder_ratio=0.5).eval()
-    coder = block.coder.weight.detach().clone()
+    coder = block.coder.kernel().detach().clone()  # E (the Parameter times the coder_lr_scale gain)
     block.reparameterize()
     torch.testing.assert_close(block.plain.conv1.weight[:4], coder)
     torch.testing.assert_close(block.plain.conv2.weight[:, :4], adjoint_conv_weight(coder))

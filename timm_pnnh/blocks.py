@@ -52,8 +52,10 @@ def check_pnnh_args(
         coder_kernel: int = 1,
         coder_init: str = 'dirac',
         coder_norm: bool = False,
+        coder_lr_scale: float = 0.1,
 ) -> None:
     """Validate the PNNH knobs (the ones the paper leaves open); raise ValueError naming the bad one."""
+    check_ratio('coder_lr_scale', coder_lr_scale, 0.0, 1.0)
     check_ratio('coder_ratio', coder_ratio, 0.0, 1.0)
     check_ratio('learner_ratio', learner_ratio, 0.0, 4.0)
     if coder_kernel not in CODER_KERNELS or isinstance(coder_kernel, bool):
@@ -72,13 +74,20 @@ class _Coder(nn.Module):
     and a Dirac ``E`` (C_c = C), ``decode(relu(encode(x))) == x`` exactly; for a random ``E`` the
     result points along ``x`` in expectation. Not an ``nn.Conv2d``, so ResNet's Kaiming init leaves
     the chosen ``coder_init`` alone.
+
+    ``lr_scale`` (s): the Parameter holds ``E / sqrt(s)`` and the coder uses ``E = sqrt(s) * weight``,
+    so plain SGD moves ``E`` with s times the learning rate (Adam-type optimizers: sqrt(s)) and weight
+    decay shrinks ``E`` at the usual relative rate. Works with any training script, timm's included.
+    ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
+    encoder and decoder share.
     """
 
     def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
-                 norm_layer: Optional[Type[nn.Module]], device=None, dtype=None):
+                 norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, device=None, dtype=None):
         super().__init__()
         self.padding = get_padding(kernel_size, 1, dilation)
         self.dilation = dilation
+        self.gain = float(lr_scale) ** 0.5
         self.weight = nn.Parameter(torch.empty(coder_channels, channels, kernel_size, kernel_size,
                                                device=device, dtype=dtype))
         self.norm = norm_layer(coder_channels, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
@@ -93,16 +102,23 @@ class _Coder(nn.Module):
         else:  # 'kaiming', scaled so that adj(E) relu(E x) keeps the input's magnitude in expectation
             nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
             self.weight.data.mul_(0.5 ** 0.5)
+        self.weight.data.div_(self.gain)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.conv2d(x, self.weight, None, 1, self.padding, self.dilation))
+    def kernel(self) -> torch.Tensor:
+        """The coder weight ``E``."""
+        return self.weight if self.gain == 1.0 else self.weight * self.gain
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(z, self.weight, None, 1, self.padding, 0, 1, self.dilation)
+    def encode(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+        kernel = self.kernel() if kernel is None else kernel
+        return self.norm(F.conv2d(x, kernel, None, 1, self.padding, self.dilation))
+
+    def decode(self, z: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+        kernel = self.kernel() if kernel is None else kernel
+        return F.conv_transpose2d(z, kernel, None, 1, self.padding, 0, 1, self.dilation)
 
     def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
-        weight = self.weight.detach()
+        weight = self.kernel().detach()
         if isinstance(self.norm, nn.Identity):
             scale, shift = weight.new_ones(weight.shape[0]), weight.new_zeros(weight.shape[0])
         else:
@@ -161,7 +177,8 @@ class PnnhBasicBlock(nn.Module):
         k*k*C_c*C  +  9*C*C_l  +  9*C_l*C  +  2*C_l  +  2*C  (+ 2*C_c if coder_norm)
 
     ``drop_path`` drops the learner only (the coder is the path that stays, as the identity does in
-    a residual block). ``attn_layer`` is not supported.
+    a residual block). ``attn_layer`` is not supported. ``coder_lr_scale`` scales the coder's SGD
+    learning rate (see ``_Coder``): a coder trained at the full rate destabilised deep nets here.
     """
     expansion = 1
 
@@ -187,12 +204,13 @@ class PnnhBasicBlock(nn.Module):
             coder_kernel: int = 1,
             coder_init: str = 'dirac',
             coder_norm: bool = False,
+            coder_lr_scale: float = 0.1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm)
+        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm, coder_lr_scale)
         if stride != 1 or downsample is not None or inplanes != planes:
             raise ValueError(
                 f'PnnhBasicBlock is for stride-1, same-width blocks: got stride={stride}, '
@@ -205,7 +223,7 @@ class PnnhBasicBlock(nn.Module):
         first_dilation = first_dilation or dilation
 
         self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
-                            first_dilation, coder_init, norm_layer if coder_norm else None, **dd)
+                            first_dilation, coder_init, norm_layer if coder_norm else None, coder_lr_scale, **dd)
         self.conv1 = nn.Conv2d(channels, learner_channels, 3, padding=first_dilation, dilation=first_dilation,
                                bias=False, **dd)
         self.bn1 = norm_layer(learner_channels, **dd)
@@ -255,7 +273,8 @@ class PnnhBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        coded = self.coder.decode(self.act1(self.coder.encode(x)))
+        kernel = self.coder.kernel()
+        coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
         learned = self.conv1(x)
         learned = self.bn1(learned)
         learned = self.drop_block(learned)
@@ -310,12 +329,13 @@ class PnnhBottleneck(nn.Module):
             coder_kernel: int = 1,
             coder_init: str = 'dirac',
             coder_norm: bool = False,
+            coder_lr_scale: float = 0.1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm)
+        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm, coder_lr_scale)
         channels = planes * self.expansion
         if stride != 1 or downsample is not None or inplanes != channels:
             raise ValueError(
@@ -330,7 +350,7 @@ class PnnhBottleneck(nn.Module):
         first_dilation = first_dilation or dilation
 
         self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
-                            first_dilation, coder_init, norm_layer if coder_norm else None, **dd)
+                            first_dilation, coder_init, norm_layer if coder_norm else None, coder_lr_scale, **dd)
         self.conv1 = nn.Conv2d(channels, width, 1, bias=False, **dd)
         self.bn1 = norm_layer(width, **dd)
         self.act1 = act_layer(inplace=True)
@@ -389,7 +409,8 @@ class PnnhBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x))))
+        kernel = self.coder.kernel()
+        coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)

@@ -49,7 +49,7 @@ VIT_KWARGS = (('img_size', 28),)
 # one knob at a time from the registered defaults (models/pnnh_resnet.py PNNH_KNOBS), then the
 # combination of the project notes' first reading (C/2 3x3 Kaiming coder with a norm)
 ABLATION_KNOBS: Tuple[Tuple[Tuple[str, Any], ...], ...] = (
-    (), (('coder_ratio', 0.5),), (('coder_ratio', 0.25),), (('coder_kernel', 3),), (('coder_init', 'kaiming'),),
+    (), (('coder_lr_scale', 1.0),), (('coder_lr_scale', 0.01),), (('coder_ratio', 0.5),), (('coder_ratio', 0.25),), (('coder_kernel', 3),), (('coder_init', 'kaiming'),),
     (('coder_init', 'orthogonal'),), (('coder_norm', True),), (('learner_ratio', 0.5),), (('learner_ratio', 0.25),),
     (('coder_ratio', 0.5), ('coder_kernel', 3), ('coder_init', 'kaiming'), ('coder_norm', True)),
 )

@@ -35,7 +35,7 @@ PAPER = PAPER_ID
 
 # defaults of the knobs the paper leaves open (see README "The PNNH block" and the ablation)
 PNNH_KNOBS: Dict[str, Any] = dict(
-    coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False)
+    coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1)
 # A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
 # about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
 # yet measured: ImageNet-scale ablations cannot run here.
