@@ -1,12 +1,9 @@
 """The command line, Fashion-MNIST discovery and the shared short training recipe."""
-import gzip
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,27 +14,6 @@ from timm_pnnh.models import registered_models
 from timm_pnnh.training import Recipe, train_and_evaluate
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
-
-
-def _write_idx(path: Path, array: np.ndarray, gz: bool):
-    header = struct.pack('>HBB', 0, 0x08, array.ndim) + b''.join(struct.pack('>I', d) for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, 'wb').write(payload)
-
-
-@pytest.fixture
-def fake_fashion_mnist(tmp_path, monkeypatch):
-    """A small dataset in Fashion-MNIST's IDX format, gzipped like Debian's package."""
-    debian = tmp_path / 'debian'
-    debian.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 256), ('t10k', 64)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 40, (n, 28, 28)) + (labels[:, None, None] * 20)  # class-dependent brightness
-        _write_idx(debian / f'{split}-images-idx3-ubyte.gz', images, gz=True)
-        _write_idx(debian / f'{split}-labels-idx1-ubyte.gz', labels, gz=True)
-    monkeypatch.setattr(data, 'DEBIAN_DIR', debian)
-    return tmp_path / 'root'
 
 
 def test_prepare_lays_out_debians_files_for_torchvision(fake_fashion_mnist):

@@ -1,8 +1,6 @@
 """The study: presets, per-run model arguments, resume, the report, and a tiny end-to-end sweep."""
 import copy
-import gzip
 import json
-import struct
 from argparse import Namespace
 
 import numpy as np
@@ -12,27 +10,6 @@ import timm
 import timm_pnnh  # noqa: F401
 from timm_pnnh import data, report, study, training
 from timm_pnnh.cli import main
-
-
-def _write_idx(path, array):
-    header = struct.pack('>HBB', 0, 0x08, array.ndim) + b''.join(struct.pack('>I', d) for d in array.shape)
-    with gzip.open(path, 'wb') as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def fake_fashion_mnist(tmp_path, monkeypatch):
-    """A small dataset in Fashion-MNIST's IDX format, gzipped like Debian's package."""
-    debian = tmp_path / 'debian'
-    debian.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 128), ('t10k', 64)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 40, (n, 28, 28)) + (labels[:, None, None] * 20)
-        _write_idx(debian / f'{split}-images-idx3-ubyte.gz', images)
-        _write_idx(debian / f'{split}-labels-idx1-ubyte.gz', labels)
-    monkeypatch.setattr(data, 'DEBIAN_DIR', debian)
-    return tmp_path / 'root'
 
 
 TINY = ['--depths', '20', '--seeds', '0', '1', '--steps', '2', '--batch-size', '16', '--train-size', '64',
