@@ -59,7 +59,7 @@ def test_ablation_knobs_reach_the_model(fake_fashion_mnist, tmp_path):
                                         test_size=16, diag_batch=8))
     rows = study.preset_rows(preset)
     assert rows[0].family == 'residual' and len(rows) == 1 + len(study.ABLATION_KNOBS)
-    assert {k for r in rows for k, _ in r.kwargs} == {'coder_ratio', 'coder_kernel', 'coder_init', 'coder_norm',
+    assert {k for r in rows for k, _ in r.kwargs} == {'coder_lr_scale', 'coder_ratio', 'coder_kernel', 'coder_init', 'coder_norm',
                                                       'learner_ratio'}
     picked = [r for r in rows if r.family == 'pnnh' and r.kwargs in ((), (('learner_ratio', 0.5),), (('coder_kernel', 3),))]
     records = study.sweep(picked, preset, study.load_data(preset, fake_fashion_mnist), tmp_path / 'out', log=lambda m: None)
