@@ -117,15 +117,20 @@ def graph_summary(block: nn.Module):
     return linears, functional, acts, skips
 
 
+def fold_and_compare(block, x):
+    """Reparameterize ``block`` in place; its output must not move by more than 1e-5."""
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        assert (block(x) - ref).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize('coder_norm', [False, True])
 def test_deployed_parallel_block_is_linear_act_linear(coder_norm):
     block, x = block_and_tokens(coder_norm=coder_norm, init_values=0.5)
     linears, functional, acts, skips = graph_summary(block)
     assert len(functional) == 2 and len(acts) == 2  # encoder / decoder, and the MLP's act plus the coder's
-    with torch.no_grad():
-        ref = block(x)
-        block.reparameterize()
-        assert (block(x) - ref).abs().max().item() <= 1e-5
+    fold_and_compare(block, x)
     linears, functional, acts, skips = graph_summary(block)
     assert sorted(linears) == ['attn.proj', 'attn.qkv', 'mlp.fc1', 'mlp.fc2']
     assert functional == [] and acts == ['mlp.act'] and skips == []
@@ -143,10 +148,7 @@ def test_deployed_parallel_block_is_linear_act_linear(coder_norm):
 
 def test_deployed_block_with_a_different_coder_act_keeps_both_acts():
     block, x = block_and_tokens(coder_act='relu')
-    with torch.no_grad():
-        ref = block(x)
-        block.reparameterize()
-        assert (block(x) - ref).abs().max().item() <= 1e-5
+    fold_and_compare(block, x)
     act = block.mlp.act
     assert isinstance(act, SplitAct) and act.split == 32
     assert isinstance(act.act1, nn.ReLU) and isinstance(act.act2, nn.GELU)
@@ -155,10 +157,7 @@ def test_deployed_block_with_a_different_coder_act_keeps_both_acts():
 
 def test_deployed_sequential_block_folds_its_second_half():
     block, x = block_and_tokens(arrangement='sequential')
-    with torch.no_grad():
-        ref = block(x)
-        block.reparameterize()
-        assert (block(x) - ref).abs().max().item() <= 1e-5
+    fold_and_compare(block, x)
     linears, functional, acts, skips = graph_summary(block)
     # first half: coder(x) + attn(N1 x), plain already (encoder, act, decoder); second half: one MLP
     assert sorted(linears) == ['attn.proj', 'attn.qkv', 'mlp.fc1', 'mlp.fc2']
