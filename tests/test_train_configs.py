@@ -4,7 +4,6 @@ build and run at the config's input size, class count and channel count.
 Parsing against timm's own ``train.py`` argument parser needs the script and is in
 ``test_timm_scripts.py``.
 """
-import os
 import re
 from pathlib import Path
 

@@ -27,12 +27,9 @@ every repeat, so that a load change on a shared machine hits them all alike.
 """
 import argparse
 import datetime
-import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from typing import Dict, List, Optional
@@ -44,6 +41,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.files import write_json
 from timm_pnnh.reparam import reparameterize_model
 
 __all__ = ['benchmark', 'markdown_table', 'METRICS']
@@ -268,18 +266,6 @@ def markdown_table(report: Dict) -> str:
     return '\n'.join(lines)
 
 
-def _write_json(path: str, report: Dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.json')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run(args) -> int:
     try:
         report = benchmark([args.model] + args.vs, batch_size=args.batch_size, img_size=args.img_size,
@@ -294,7 +280,7 @@ def run(args) -> int:
           f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up")
     print(markdown_table(report))
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report)
         print(f'wrote {args.json}')
     return 0
 

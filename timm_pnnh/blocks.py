@@ -15,7 +15,6 @@ from typing import Optional, Tuple, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import create_attn
 from timm.models.resnet import BasicBlock, Bottleneck, get_padding
 
 from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel

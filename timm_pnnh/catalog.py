@@ -1,15 +1,12 @@
 """``timm-pnnh models``: every registered model with its parameters and GFLOPs at its default input."""
 import json
-import os
-import re
-import tempfile
-from pathlib import Path
 from typing import Dict, List
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from timm_pnnh.files import write_between_markers
 from timm_pnnh.models import registered_models
 
 
@@ -43,19 +40,6 @@ def markdown_table(rows: List[Dict]) -> str:
 TABLE_MARKERS = ('<!-- models-table:start -->', '<!-- models-table:end -->')
 
 
-def write_table_into(path: os.PathLike, table: str) -> None:
-    """Replace the text between the models-table markers of ``path`` (a README) with ``table``."""
-    path = Path(path)
-    text = path.read_text()
-    start, end = (re.escape(m) for m in TABLE_MARKERS)
-    if not re.search(f'{start}.*?{end}', text, re.S):
-        raise ValueError(f'--write-readme={str(path)!r}: the file has no {TABLE_MARKERS[0]} ... {TABLE_MARKERS[1]} block')
-    new = re.sub(f'{start}.*?{end}', lambda _: f'{TABLE_MARKERS[0]}\n{table}\n{TABLE_MARKERS[1]}', text, flags=re.S)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False, suffix='.tmp') as tmp:
-        tmp.write(new)
-    os.replace(tmp.name, path)
-
-
 def run(args) -> int:
     names = registered_models(args.filter)
     if not names:
@@ -67,7 +51,7 @@ def run(args) -> int:
     rows = [describe(name) for name in names]
     print(json.dumps(rows, indent=1) if args.format == 'json' else markdown_table(rows))
     if args.write_readme:
-        write_table_into(args.write_readme, markdown_table(rows))
+        write_between_markers(args.write_readme, TABLE_MARKERS, markdown_table(rows))
     return 0
 
 

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from timm_pnnh.data import HOW_TO_GET, load_fashion_mnist
+from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.training import Recipe, train_and_evaluate
 
 DEFAULT_MODELS = ('pnnh_resnet20', 'plain_resnet20', 'cifar_resnet20')

@@ -14,12 +14,12 @@ import gzip
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 
+from timm_pnnh.files import atomic_write
 from timm_pnnh.models._cfgs import FMNIST_MEAN, FMNIST_STD
 
 DEBIAN_DIR = Path('/usr/share/datasets/fashion-mnist')
@@ -58,9 +58,8 @@ def prepare_fashion_mnist(root: Optional[os.PathLike] = None, source: Optional[o
     raw.mkdir(parents=True, exist_ok=True)
     for name, src in sources.items():
         opener = gzip.open if src.suffix == '.gz' else open
-        with opener(src, 'rb') as fin, tempfile.NamedTemporaryFile(dir=raw, prefix=f'.{name}.', delete=False) as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(fout.name, raw / name)
+        with opener(src, 'rb') as fin:
+            atomic_write(raw / name, lambda fout: shutil.copyfileobj(fin, fout), binary=True)
     return root
 
 

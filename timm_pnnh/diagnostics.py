@@ -28,12 +28,10 @@ trained model or a checkpoint; nothing in the model is changed.
 """
 import copy
 import csv
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -41,6 +39,8 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from timm_pnnh.files import atomic_write, save_figure, write_json
 
 MEASURES = ('r2', 'cka', 'alive')
 MEASURE_TITLES = {'r2': 'linear reconstruction R^2', 'cka': 'linear CKA with the input', 'alive': 'fraction > 0'}
@@ -250,18 +250,6 @@ def diagnosis_images(batch_size: int, in_chans: int = 1, img_size: int = 28, dat
     return images[:batch_size], images[batch_size:], f'Fashion-MNIST test images (seed {seed}, {2 * batch_size} drawn)'
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, prefix=f'.{path.name}.', delete=False, newline='') as tmp:
-        write(tmp)
-    os.replace(tmp.name, path)
-
-
-def write_json(path: os.PathLike, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically."""
-    _atomic_write(Path(path), lambda f: json.dump(obj, f, indent=1))
-
-
 def write_csv(path: os.PathLike, results: Dict[str, List[Dict]]) -> None:
     """One row per (model, block): model, index, name, shape, r2, cka, alive."""
     def write(f):
@@ -271,7 +259,7 @@ def write_csv(path: os.PathLike, results: Dict[str, List[Dict]]) -> None:
             for row in rows:
                 writer.writerow([model, row['index'], row['name'], 'x'.join(map(str, row['shape'])),
                                  *(f'{row[m]:.6f}' for m in MEASURES)])
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
 
 
 def plot_retention(path: os.PathLike, curves: Dict[str, List[Dict]], title: str = '') -> Optional[str]:
@@ -299,12 +287,7 @@ def plot_retention(path: os.PathLike, curves: Dict[str, List[Dict]], title: str 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return None
 
 

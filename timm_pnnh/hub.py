@@ -23,7 +23,7 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch

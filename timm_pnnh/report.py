@@ -8,13 +8,11 @@ input retention. Two rows are compared on their paired per-seed differences (the
 """
 import json
 import os
-import re
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from timm_pnnh.files import atomic_write, write_between_markers
 from timm_pnnh.study import fmt_acc, markdown_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
@@ -179,18 +177,6 @@ def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
     return '\n'.join(parts)
 
 
-def write_into(readme: Path, body: str) -> None:
-    """Replace the text between the results markers of ``readme``, atomically."""
-    text = readme.read_text()
-    start, end = (re.escape(m) for m in MARKERS)
-    if not re.search(f'{start}.*?{end}', text, re.S):
-        raise ValueError(f'--write-readme={str(readme)!r}: the file has no {MARKERS[0]} ... {MARKERS[1]} block')
-    new = re.sub(f'{start}.*?{end}', lambda _: f'{MARKERS[0]}\n{body}\n{MARKERS[1]}', text, flags=re.S)
-    with tempfile.NamedTemporaryFile('w', dir=readme.parent, prefix=f'.{readme.name}.', delete=False) as tmp:
-        tmp.write(new)
-    os.replace(tmp.name, readme)
-
-
 def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
     """Copy the study's PNGs that exist into ``dest`` (each via a temporary file); return those copied."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -198,9 +184,7 @@ def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
     for name in plots:
         src = study_dir / name
         if src.is_file():
-            tmp = dest / f'.{name}.tmp'
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest / name)
+            atomic_write(dest / name, lambda f, src=src: f.write(src.read_bytes()), binary=True)
             copied.append(name)
     return copied
 
@@ -226,7 +210,7 @@ def run(args) -> int:
         if copied:
             study = dict(study, plots=copied)
         body = results_markdown(study, plot_dir and Path(plot_dir).as_posix())
-        write_into(readme, body)
+        write_between_markers(readme, MARKERS, body)
         print(body)
         print(f'\nwrote the Results section of {readme}' + (f' (plots: {dest})' if copied else ' (no plots found)'))
     else:

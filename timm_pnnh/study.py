@@ -37,7 +37,8 @@ import torch
 
 from timm_pnnh import training
 from timm_pnnh.data import load_fashion_mnist
-from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention, write_json
+from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention
+from timm_pnnh.files import save_figure, write_json
 from timm_pnnh.training import Recipe
 
 FAMILIES = ('plain', 'residual', 'pnnh')
@@ -276,23 +277,16 @@ def write_plots(summary: Sequence[Dict], out: Path) -> Optional[str]:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=3,
                         label=family, color=colors[family])
     ax.set_xlabel('depth (CIFAR-style ResNet)'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3), ax.legend()
-    _save(fig, out / PLOTS[0])
+    fig.tight_layout()
+    save_figure(fig, out / PLOTS[0])
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in summary:
         ax.errorbar(s['params'] / 1e3, s['acc_mean'], s['acc_std'] or 0, marker='o', capsize=3, color=colors[s['family']])
         ax.annotate(s['label'], (s['params'] / 1e3, s['acc_mean']), fontsize=6, xytext=(3, 3), textcoords='offset points')
     ax.set_xscale('log'), ax.set_xlabel('parameters (thousands)'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3)
-    _save(fig, out / PLOTS[1])
-    return None
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, out / PLOTS[1])
+    return None
 
 
 def hardware() -> Dict[str, Any]:

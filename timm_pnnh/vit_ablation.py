@@ -78,7 +78,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = make_task(4096, 1024, args.noise)
-    print(f'| config | params | train loss (last 20 steps) | test acc | seeds |')
+    print('| config | params | train loss (last 20 steps) | test acc | seeds |')
     print('| --- | ---: | ---: | ---: | --- |')
     for label, (name, kwargs) in CONFIGS.items():
         if args.only and label not in args.only:

@@ -16,7 +16,7 @@ Families (the residual baselines are timm's own ``vit_*_patch16_224``):
 import inspect
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Type
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,52 @@
+"""Writing files atomically: into a temporary file beside the target, then renamed over it, so that
+a reader never sees a half-written file and a failure leaves nothing behind."""
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO, Sequence
+
+__all__ = ['atomic_write', 'write_json', 'write_between_markers', 'save_figure']
+
+
+def atomic_write(path: os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    try:
+        with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def write_between_markers(path: os.PathLike, markers: Sequence[str], body: str) -> None:
+    """Replace the text between the two ``markers`` lines of ``path`` (a README) with ``body``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'--write-readme={str(path)!r}: no such file')
+    text = path.read_text()
+    start, end = (re.escape(m) for m in markers)
+    if not re.search(f'{start}.*?{end}', text, re.S):
+        raise ValueError(f'--write-readme={str(path)!r}: the file has no {markers[0]} ... {markers[1]} block')
+    new = re.sub(f'{start}.*?{end}', lambda _: f'{markers[0]}\n{body}\n{markers[1]}', text, flags=re.S)
+    atomic_write(path, lambda f: f.write(new))
+
+
+def save_figure(fig, path: os.PathLike) -> None:
+    """A matplotlib figure as a PNG at ``path``; the figure is closed."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=110), binary=True)
+    finally:
+        plt.close(fig)
