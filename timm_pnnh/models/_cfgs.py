@@ -28,7 +28,7 @@ from timm.models._registry import get_arch_pretrained_cfgs
 
 __all__ = [
     'HUB_ORG', 'WEIGHTS_FILE', 'PUBLISHED', 'PAPER_ID', 'PAPER_NAME', 'FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_LABELS',
-    'CIFAR10_LABELS', 'WeightsNotPublishedError', 'PretrainedLoadError', 'hub_repo_id', 'hub_cfgs',
+    'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'WeightsNotPublishedError', 'PretrainedLoadError', 'hub_repo_id', 'hub_cfgs',
     'published_tags', 'check_pretrained_source', 'build_model_with_hub']
 
 HUB_ORG = 'timm-pnnh'
@@ -45,6 +45,8 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 FMNIST_LABELS = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
                  'Ankle boot')
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 

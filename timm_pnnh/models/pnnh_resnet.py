@@ -25,13 +25,10 @@ from timm_pnnh.blocks import (
     BlockSelector, PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck, check_pnnh_args)
 from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import (
-    CIFAR10_LABELS, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, PAPER_ID, build_model_with_hub, hub_cfgs)
+    CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
 
 __all__ = ['CifarResNet', 'PNNH_KNOBS', 'IMAGENET_DEPTHS', 'CIFAR_DEPTHS']
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-PAPER = PAPER_ID
 
 # defaults of the knobs the paper leaves open (see README "The PNNH block" and the ablation)
 PNNH_KNOBS: Dict[str, Any] = dict(
@@ -165,7 +162,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0', 'paper_ids': PAPER, **kwargs}
+        'first_conv': 'conv1', 'classifier': 'fc', **kwargs}  # license, paper: hub_cfgs
 
 
 def _cifar_cfg(**kwargs) -> Dict[str, Any]:

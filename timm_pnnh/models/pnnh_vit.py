@@ -28,8 +28,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 
 from timm_pnnh.blocks import check_ratio, coder_width
 from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
-from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
-from timm_pnnh.models.pnnh_resnet import CIFAR10_MEAN, CIFAR10_STD, PAPER
+from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
            'ARRANGEMENTS', 'SIZES', 'model_names']
@@ -393,7 +392,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.9,
         'interpolation': 'bicubic', 'fixed_input_size': True, 'mean': IMAGENET_INCEPTION_MEAN,
         'std': IMAGENET_INCEPTION_STD, 'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'license': 'apache-2.0', 'paper_ids': PAPER, **kwargs}
+        **kwargs}  # license, paper: hub_cfgs
 
 
 def _small_image_cfg(**kwargs) -> Dict[str, Any]:
