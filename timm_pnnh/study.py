@@ -36,6 +36,7 @@ import timm
 import torch
 
 from timm_pnnh import training
+from timm_pnnh.bench import check_device
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention
 from timm_pnnh.files import save_figure, write_json
@@ -67,8 +68,30 @@ class Row:
     kwargs: Tuple[Tuple[str, Any], ...] = ()
 
 
+# (family, model kwargs) per depth: the families at their registered defaults
+FAMILY_VARIANTS: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = tuple((f, ()) for f in FAMILIES)
+# the rows that decide the claims (issue: converged study): the PNNH width variants that could put it
+# ahead, and residual nets whose branch is as narrow as the PNNH learner (timm's ``block_reduce_first``
+# divides the first conv of every residual block, so the control has the same budget)
+DECIDING_VARIANTS = FAMILY_VARIANTS + (
+    ('pnnh', (('learner_ratio', 0.5),)),
+    ('residual', (('block_reduce_first', 2),)),
+)
+CONVERGED_VARIANTS = DECIDING_VARIANTS + (
+    ('pnnh', (('learner_ratio', 0.25),)),
+    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5))),  # deployed form no wider than the residual net
+    ('pnnh', (('coder_sharing', 'stage'),)),  # the other reading of "weight-sharing coder" (PAPER.md)
+    ('residual', (('block_reduce_first', 4),)),
+)
+
+
 @dataclass(frozen=True)
 class Preset:
+    """A study: rows (``variants`` at every depth, or the ablation), a recipe, seeds and data sizes.
+
+    With ``epochs`` the recipe's steps are ``epochs`` passes over the training images (the last partial
+    batch of each pass dropped) and the test set is scored after every epoch.
+    """
     name: str
     recipe: Recipe
     depths: Tuple[int, ...]
@@ -78,6 +101,23 @@ class Preset:
     diag_batch: int
     vit: bool = False
     ablation: bool = False
+    epochs: Optional[int] = None
+    variants: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = FAMILY_VARIANTS
+    device: str = 'cpu'
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        return self.train_size // self.recipe.batch_size if self.epochs else None
+
+
+def _epochs(preset: Preset) -> Preset:
+    """``preset`` with its recipe's steps set from ``epochs`` (unchanged without epochs)."""
+    if not preset.epochs:
+        return preset
+    if preset.train_size < preset.recipe.batch_size:
+        raise ValueError(f'train_size={preset.train_size} is not allowed with epochs: it must be at least the batch '
+                         f'size {preset.recipe.batch_size}')
+    return replace(preset, recipe=replace(preset.recipe, steps=preset.epochs * preset.steps_per_epoch))
 
 
 PRESETS = {
@@ -87,6 +127,13 @@ PRESETS = {
                    test_size=None, diag_batch=256, vit=True),
     'ablation': Preset('ablation', Recipe(steps=120, batch_size=64), depths=(56,), seeds=(0, 1, 2), train_size=7680,
                        test_size=2000, diag_batch=128, ablation=True),
+    # the whole of Fashion-MNIST until the ranking stops changing: for a GPU (bf16, channels_last)
+    'converged': Preset('converged', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(20, 56, 110),
+                        seeds=(0, 1, 2), train_size=60000, test_size=None, diag_batch=256, vit=True, epochs=30,
+                        variants=CONVERGED_VARIANTS, device='cuda'),
+    # the rows that decide the claims, at depth 56, on 2 CPU cores (about 2.5 hours)
+    'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
+                            train_size=60000, test_size=None, diag_batch=256, epochs=3, variants=DECIDING_VARIANTS),
 }
 
 
@@ -105,8 +152,9 @@ def preset_rows(preset: Preset) -> List[Row]:
                 rows.append(Row(label, 'pnnh', RESNET_NAMES['pnnh'].format(depth=depth), 'resnet', depth, knobs))
         return rows
     for depth in preset.depths:
-        for family in FAMILIES:
-            rows.append(Row(f'{family}-{depth}', family, RESNET_NAMES[family].format(depth=depth), 'resnet', depth))
+        for family, knobs in preset.variants:
+            label = f'{family}-{depth}' + (f' {_knob_label(knobs)}' if knobs else '')
+            rows.append(Row(label, family, RESNET_NAMES[family].format(depth=depth), 'resnet', depth, knobs))
     if preset.vit:
         for family in FAMILIES:
             if timm.is_model(VIT_NAMES[family]):
@@ -162,14 +210,23 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
         if (step + 1) % every == 0 or step + 1 == steps:
             log(f'    step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - tic:.0f} s)')
 
-    def on_trained(model):
+    def on_trained(model):  # measured on the CPU in fp32, whatever the training device
+        model = model.cpu().to(memory_format=torch.contiguous_format)
         trained_retention.extend(retention(model, *data.diag, batch_stats=False))
 
     result = training.train_and_evaluate(row.model, data.train, data.test, preset.recipe, seed=seed, model_kwargs=kwargs,
-                                         progress=progress, on_trained=on_trained)
+                                         progress=progress, on_trained=on_trained, device=preset.device,
+                                         eval_every=preset.steps_per_epoch or 0)
+    if preset.epochs:
+        for point in result.curve:
+            point['epoch'] = point['step'] / preset.steps_per_epoch
+            log(f'    epoch {point["epoch"]:.2f}: test acc {point["test_acc"]:.2f}%')
+    if result.diverged_step is not None:
+        log(f'    diverged: the loss was not finite at step {result.diverged_step}')
     return dict(label=row.label, family=row.family, model=row.model, arch=row.arch, depth=row.depth,
                 model_kwargs=dict(row.kwargs), seed=seed, params=result.params, test_acc=result.test_acc,
                 final_train_loss=result.final_train_loss, train_images_per_s=result.train_images_per_s,
+                diverged_step=result.diverged_step, curve=result.curve,
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
                 seconds=time.perf_counter() - tic)
 
@@ -178,7 +235,8 @@ def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
     """What a record must match to be reused."""
     return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(preset.recipe),
                 train_size=len(data.train[0]), test_size=len(data.test[0]), diag_batch=preset.diag_batch,
-                data=data.source, retention=RETENTION_METHOD)
+                data=data.source, retention=RETENTION_METHOD, eval_every=preset.steps_per_epoch or 0,
+                device=preset.device)
 
 
 def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print) -> List[Dict]:
@@ -289,13 +347,15 @@ def write_plots(summary: Sequence[Dict], out: Path) -> Optional[str]:
     return None
 
 
-def hardware() -> Dict[str, Any]:
+def hardware(device: str = 'cpu') -> Dict[str, Any]:
     cpu = platform.processor() or ''
     try:
         cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
-    return dict(cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device='cpu',
+    dev = torch.device(device)
+    return dict(cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(dev),
+                gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
                 python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 platform=platform.platform())
 
@@ -317,18 +377,24 @@ def resolve_preset(args) -> Preset:
     for depth in changes.get('depths', preset.depths):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f'--depths value {depth} is not allowed: CIFAR-style ResNet depths are 6n+2 (20, 32, 44, 56, 110, ...)')
-    for name in ('train_size', 'test_size', 'diag_batch'):
+    for name in ('train_size', 'test_size', 'diag_batch', 'epochs'):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
                 raise ValueError(f'--{name.replace("_", "-")}={value} is not allowed: it must be >= 1')
             changes[name] = value
-    return replace(preset, **changes)
+    if args.steps is not None and (changes.get('epochs') or preset.epochs):
+        raise ValueError(f'--steps={args.steps} is not allowed with the {preset.name} preset, which counts epochs: '
+                         'use --epochs')
+    if args.device is not None:
+        changes['device'] = str(check_device(args.device))
+    return _epochs(replace(preset, **changes))
 
 
 def command_line(args) -> str:
     parts = ['timm-pnnh', 'study', '--preset', args.preset]
-    for name in ('seeds', 'depths', 'steps', 'batch_size', 'train_size', 'test_size', 'diag_batch', 'data_dir', 'out'):
+    for name in ('seeds', 'depths', 'steps', 'epochs', 'batch_size', 'train_size', 'test_size', 'diag_batch', 'device',
+                 'data_dir', 'out'):
         value = getattr(args, name)
         if value is not None and not (name == 'out' and value == default_out(args.preset)):
             parts += [f'--{name.replace("_", "-")}', *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
@@ -352,7 +418,8 @@ def run(args) -> int:
         return 2
     skipped_vit = [n for n in VIT_NAMES.values() if preset.vit and not timm.is_model(n)]
     print(f'study --preset {preset.name}: {len(rows)} models x {len(preset.seeds)} seeds {list(preset.seeds)}; '
-          f'{preset.recipe.steps} steps of {preset.recipe.batch_size}; {data.source}; '
+          f'{preset.recipe.steps} steps of {preset.recipe.batch_size}'
+          f'{f" ({preset.epochs} epochs, test scored after each)" if preset.epochs else ""} on {preset.device}; {data.source}; '
           f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}' +
           (f'\n(ViT rows skipped, not registered: {", ".join(skipped_vit)})' if skipped_vit else ''), flush=True)
     tic = time.perf_counter()
@@ -360,7 +427,7 @@ def run(args) -> int:
     summary = summarize(rows, records)
     study = dict(
         command=command_line(args), preset=preset.name, date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        hardware=hardware(), seeds=list(preset.seeds), recipe=asdict(preset.recipe), depths=list(preset.depths),
+        hardware=hardware(preset.device), epochs=preset.epochs, seeds=list(preset.seeds), recipe=asdict(preset.recipe), depths=list(preset.depths),
         data=data.source, wall_seconds=time.perf_counter() - tic, plots=list(PLOTS), summary=summary, runs=records)
     write_json(out / 'study.json', study)
     message = write_plots(summary, out)
@@ -380,6 +447,8 @@ def register(subparsers) -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=None, help='override the preset\'s seeds')
     parser.add_argument('--depths', type=int, nargs='+', default=None, help='override the preset\'s ResNet depths')
     parser.add_argument('--steps', type=int, default=None, help='override the preset\'s SGD steps')
+    parser.add_argument('--epochs', type=int, default=None, help='override the preset\'s epochs (presets that count epochs)')
+    parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: the preset\'s)')
     parser.add_argument('--batch-size', type=int, default=None)
     parser.add_argument('--train-size', type=int, default=None)
     parser.add_argument('--test-size', type=int, default=None)
