@@ -1,4 +1,5 @@
 """``timm-pnnh bench``: figures and ratios for a tiny pair, JSON report, bad input."""
+import contextlib
 import json
 
 import pytest
@@ -40,7 +41,7 @@ def test_saved_activation_bytes_count_what_backward_keeps():
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
     model = torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
     x = torch.randn(2, 3, 5, 5)
-    nbytes = bench._saved_bytes(model, x, torch.tensor([0, 1]), bench.nullcontext())
+    nbytes = bench._saved_bytes(model, x, torch.tensor([0, 1]), contextlib.nullcontext())
     # conv saves its input (2*3*5*5 floats); linear its input (2*100 floats); cross-entropy its
     # log-softmax output (2*2 floats), the targets (2 int64) and its total weight (1 float); the
     # weights are parameters and not counted
@@ -85,3 +86,25 @@ def test_bench_rejects_a_model_given_twice(capsys):
 def test_benchmark_api_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bench.benchmark(**kwargs)
+
+
+def test_model_specs_carry_knobs_and_reference(tmp_path):
+    specs = ['pnnh_resnet20:learner_ratio=0.5,in_chans=1', 'cifar_resnet20:in_chans=1', 'cifar_resnet20:block_reduce_first=2,in_chans=1']
+    report = bench.benchmark(specs, batch_size=2, img_size=28, repeats=2, steps=1, warmup=0, reference=specs[1])
+    narrow = bench.timm.create_model('pnnh_resnet20', learner_ratio=0.5, in_chans=1)
+    assert report['results'][specs[0]]['params_m'] == sum(p.numel() for p in narrow.parameters()) / 1e6
+    assert report['config']['reference'] == specs[1]
+    assert report['ratios'][specs[1]]['train_img_s'] == 1.0
+    assert report['ratios'][specs[2]]['params_m'] < 1.0  # the narrow residual control is smaller
+    assert len(report['results'][specs[0]]['train_img_s_runs']) == 2
+    assert bench.parse_model(bench.model_spec('pnnh_resnet20', dict(coder_init='kaiming', coder_ratio=0.5))) == (
+        'pnnh_resnet20', dict(coder_init='kaiming', coder_ratio=0.5))
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('nonexistent_model', 'not a registered timm model'),
+    ('pnnh_resnet20:learner_ratio', 'NAME:key=value'),
+])
+def test_bad_model_spec(spec, message):
+    with pytest.raises(ValueError, match=message):
+        bench.parse_model(spec)

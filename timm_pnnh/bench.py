@@ -26,13 +26,13 @@ All models are built in one process, at the same batch and input size; each figu
 every repeat, so that a load change on a shared machine hits them all alike.
 """
 import argparse
+import ast
 import datetime
 import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -41,10 +41,11 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.files import write_json
+from timm_pnnh.files import markdown_table as write_table, write_json
 from timm_pnnh.reparam import reparameterize_model
+from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
-__all__ = ['benchmark', 'markdown_table', 'METRICS']
+__all__ = ['benchmark', 'markdown_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image']
 
 # (key, label, higher is better)
 METRICS = (
@@ -58,7 +59,6 @@ METRICS = (
     ('saved_mb', 'saved activations (MB)', False),
     ('peak_step_mb', 'CUDA peak of a train step (MB)', False),
 )
-AMP_DTYPES = {'bf16': torch.bfloat16}
 
 
 def _positive(name: str, value) -> int:
@@ -79,16 +79,38 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def check_models(names: List[str]) -> List[str]:
-    if not names:
+def parse_model(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """``'NAME'`` or ``'NAME:key=value,key=value'`` -> ``(NAME, kwargs)``; values are Python literals or
+    plain words (``pnnh_resnet56:learner_ratio=0.5,coder_init=kaiming``). ValueError on a bad spec."""
+    name, _, knobs = spec.partition(':')
+    if not timm.is_model(name):
+        raise ValueError(f'model {name!r} is not a registered timm model '
+                         f'(see `timm-pnnh models --names-only` or timm.list_models())')
+    kwargs: Dict[str, Any] = {}
+    for item in filter(None, knobs.split(',')):
+        key, eq, text = item.partition('=')
+        if not eq or not key.isidentifier():
+            raise ValueError(f'model {spec!r} is not allowed: write NAME or NAME:key=value,key=value')
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    return name, kwargs
+
+
+def model_spec(name: str, kwargs: Dict[str, Any]) -> str:
+    """The inverse of ``parse_model``."""
+    return name + (':' + ','.join(f'{k}={v}' for k, v in kwargs.items()) if kwargs else '')
+
+
+def check_models(specs: List[str]) -> List[str]:
+    if not specs:
         raise ValueError('models=[] is not allowed: give at least one model name')
-    for name in names:
-        if not timm.is_model(name):
-            raise ValueError(f'model {name!r} is not a registered timm model '
-                             f'(see `timm-pnnh models --names-only` or timm.list_models())')
-    if len(set(names)) != len(names):
-        raise ValueError(f'models={names} is not allowed: each model may be given once')
-    return names
+    for spec in specs:
+        parse_model(spec)
+    if len(set(specs)) != len(specs):
+        raise ValueError(f'models={specs} is not allowed: each model may be given once')
+    return specs
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +118,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
+def flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Forward GFLOPs of ``model`` on the first image of ``x`` (a multiply-add counts as 2)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x[:1])
     return counter.get_total_flops() / 1e9
@@ -122,12 +145,14 @@ def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autoc
 class _Entry:
     """One model under test: its training form, optimizer, and (later) its deployed form."""
 
-    def __init__(self, name: str, device, channels_last: bool, compile_: bool, batch_size: int, img_size: int):
-        self.name = name
-        model = timm.create_model(name).to(device)
+    def __init__(self, spec: str, device, channels_last: bool, compile_: bool, batch_size: int, img_size: int):
+        self.name = spec
+        name, kwargs = parse_model(spec)
+        model = timm.create_model(name, **kwargs).to(device)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=memory_format)
-        self.x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
+        in_chans = model.pretrained_cfg['input_size'][0] if 'in_chans' not in kwargs else kwargs['in_chans']
+        self.x = torch.randn(batch_size, in_chans, img_size, img_size, device=device).to(memory_format=memory_format)
         self.y = torch.randint(0, model.num_classes, (batch_size,), device=device)
         self.optimizer = create_optimizer_v2(model, opt='sgd', lr=0.01, momentum=0.9, weight_decay=5e-5)
         self.run = torch.compile(model) if compile_ else model
@@ -151,14 +176,18 @@ def benchmark(
         repeats: int = 5,
         steps: int = 5,
         warmup: int = 2,
+        reference: Optional[str] = None,
 ) -> Dict:
     """Measure ``models`` alternately; return ``{'config', 'results': {name: metrics}, 'ratios'}``.
 
-    Ratios are each model's figure divided by ``models[1]``'s (the first ``--vs``), or by
-    ``models[0]``'s when only one model is given; for the timings, the median over repeats of the
+    ``models`` are timm names or ``NAME:key=value,...`` specs (``parse_model``). Ratios are each
+    model's figure divided by ``reference``'s (default: ``models[1]``, the first ``--vs``, or
+    ``models[0]`` when only one model is given); for the timings, the median over repeats of the
     ratio within the repeat (the models ran back to back in it), which cancels slow load drifts.
     """
     check_models(models)
+    if reference is not None and reference not in models:
+        raise ValueError(f'reference={reference!r} is not allowed: it must be one of the models {models}')
     for name, value in (('batch_size', batch_size), ('repeats', repeats), ('steps', steps)):
         _positive(name, value)
     if img_size is not None:
@@ -169,10 +198,11 @@ def benchmark(
         raise ValueError(f'amp={amp!r} is not allowed: it must be one of {sorted(AMP_DTYPES)} or None')
     dev = check_device(device)
     if img_size is None:
-        img_size = timm.get_pretrained_cfg(models[0]).input_size[-1]
+        name, kwargs = parse_model(models[0])
+        img_size = kwargs.get('img_size', timm.get_pretrained_cfg(name).input_size[-1])
 
     def autocast():
-        return torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+        return training_autocast(dev, amp)
 
     torch.manual_seed(0)
     entries = [_Entry(name, dev, channels_last, compile, batch_size, img_size) for name in models]
@@ -180,7 +210,7 @@ def benchmark(
     for e in entries:
         e.model.eval()
         results[e.name] = {'params_m': sum(p.numel() for p in e.model.parameters()) / 1e6,
-                           'gflops': _flops_per_image(e.model, e.x)}
+                           'gflops': flops_per_image(e.model, e.x)}
         e.model.train()
         results[e.name]['saved_mb'] = _saved_bytes(e.model, e.x, e.y, autocast()) / 2 ** 20
 
@@ -229,14 +259,14 @@ def benchmark(
     for e in entries:
         e.deploy()
         results[e.name]['deploy_params_m'] = sum(p.numel() for p in e.deployed.parameters()) / 1e6
-        results[e.name]['deploy_gflops'] = _flops_per_image(e.deployed, e.x)
+        results[e.name]['deploy_gflops'] = flops_per_image(e.deployed, e.x)
     measure('deploy_img_s', infer_deployed, 'eval')
     for e in entries:
         for key, values in e.times.items():
             results[e.name][key] = statistics.median(values)
             results[e.name][key + '_runs'] = values
 
-    reference = models[1] if len(models) > 1 else models[0]
+    reference = reference or (models[1] if len(models) > 1 else models[0])
     ratios = {name: {key: r[key] / results[reference][key] for key, _, _ in METRICS
                      if key in r and results[reference].get(key)} for name, r in results.items()}
     for name, r in results.items():  # timings: the median of the ratios within each repeat (paired)
@@ -255,15 +285,11 @@ def markdown_table(report: Dict) -> str:
     names, reference = report['config']['models'], report['config']['reference']
     others = [n for n in names if n != reference]
     header = ['metric'] + [f'`{n}`' for n in names] + [f'`{n}` / `{reference}`' for n in others]
-    lines = ['| ' + ' | '.join(header) + ' |', '| --- |' + ' ---: |' * (len(header) - 1)]
-    for key, label, higher_better in METRICS:
-        if key not in report['results'][names[0]]:
-            continue
-        values = [f"{report['results'][n][key]:.4g}" for n in names]
-        ratios = [f"{report['ratios'][n][key]:.3f}x" if key in report['ratios'][n] else '-' for n in others]
-        lines.append(f"| {label} ({'higher' if higher_better else 'lower'} is better) | "
-                     + ' | '.join(values + ratios) + ' |')
-    return '\n'.join(lines)
+    rows = [[f"{label} ({'higher' if higher_better else 'lower'} is better)"]
+            + [f"{report['results'][n][key]:.4g}" for n in names]
+            + [f"{report['ratios'][n][key]:.3f}x" if key in report['ratios'][n] else '-' for n in others]
+            for key, label, higher_better in METRICS if key in report['results'][names[0]]]
+    return write_table(header, rows)
 
 
 def run(args) -> int:
@@ -315,7 +341,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         'bench', help='params, GFLOPs, train/eval/deployed images/s and memory of models, as ratios',
         description='Measure --model and each --vs alternately in one process; ratios are to the first --vs.')
-    parser.add_argument('--model', required=True, type=_arg(_model_arg), help='timm model name, e.g. pnnh_resnet56')
+    parser.add_argument('--model', required=True, type=_arg(_model_arg),
+                        help='timm model name, e.g. pnnh_resnet56, or NAME:key=value,... (pnnh_resnet56:learner_ratio=0.5)')
     parser.add_argument('--vs', action='append', default=[], type=_arg(_model_arg),
                         help='a model to compare with (repeatable); ratios are to the first one')
     parser.add_argument('--batch-size', type=_int_arg('--batch-size', 1), default=32)

@@ -4,9 +4,9 @@ from typing import Dict, List
 
 import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from timm_pnnh.files import write_between_markers
+from timm_pnnh.bench import flops_per_image
+from timm_pnnh.files import markdown_table as write_table, write_between_markers
 from timm_pnnh.models import registered_models
 
 
@@ -22,19 +22,16 @@ def describe(name: str) -> Dict:
     """Parameters and forward GFLOPs (a multiply-add counts as 2 FLOPs) of ``name`` at batch 1."""
     model = timm.create_model(name).eval()
     input_size = tuple(model.pretrained_cfg['input_size'])
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_size))
     return dict(model=name, family=family_of(name), input_size=list(input_size),
                 params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-                gflops=counter.get_total_flops() / 1e9)
+                gflops=flops_per_image(model, torch.zeros(1, *input_size)))
 
 
 def markdown_table(rows: List[Dict]) -> str:
-    lines = ['| model | family | input | params (M) | GFLOPs |', '| --- | --- | --- | ---: | ---: |']
-    for row in rows:
-        size = 'x'.join(str(s) for s in row['input_size'])
-        lines.append(f"| `{row['model']}` | {row['family']} | {size} | {row['params_m']:.3f} | {row['gflops']:.3f} |")
-    return '\n'.join(lines)
+    return write_table(
+        ['model', 'family', 'input', 'params (M)', 'GFLOPs'],
+        [[f"`{r['model']}`", r['family'], 'x'.join(map(str, r['input_size'])), f"{r['params_m']:.3f}", f"{r['gflops']:.3f}"]
+         for r in rows], [False, False, False, True, True])
 
 
 TABLE_MARKERS = ('<!-- models-table:start -->', '<!-- models-table:end -->')

@@ -5,6 +5,7 @@ import sys
 import torch
 
 from timm_pnnh.data import load_fashion_mnist
+from timm_pnnh.files import markdown_table
 from timm_pnnh.training import Recipe, train_and_evaluate
 
 DEFAULT_MODELS = ('pnnh_resnet20', 'plain_resnet20', 'cifar_resnet20')
@@ -32,10 +33,9 @@ def run(args) -> int:
                 print(f'  {name}: step {step + 1}/{recipe.steps} loss {loss:.3f}', flush=True)
         results.append(train_and_evaluate(name, train, test, recipe, seed=args.seed, progress=progress))
     print()
-    print('| model | params | test acc (%) | final train loss | train img/s |')
-    print('| --- | ---: | ---: | ---: | ---: |')
-    for r in results:
-        print(f'| {r.model} | {r.params / 1e3:.0f}k | {r.test_acc:.2f} | {r.final_train_loss:.3f} | {r.train_images_per_s:.0f} |')
+    print(markdown_table(['model', 'params', 'test acc (%)', 'final train loss'],
+                         [[r.model, f'{r.params / 1e3:.0f}k', f'{r.test_acc:.2f}', f'{r.final_train_loss:.3f}'] for r in results]))
+    print('\nFor throughput, measured side by side: timm-pnnh bench --model A --vs B')
     return 0
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_pnnh.files import atomic_write, save_figure, write_json
+from timm_pnnh.files import atomic_write, markdown_table, save_figure, write_json
 
 MEASURES = ('r2', 'cka', 'alive')
 MEASURE_TITLES = {'r2': 'linear reconstruction R^2', 'cka': 'linear CKA with the input', 'alive': 'fraction > 0'}
@@ -293,13 +293,12 @@ def plot_retention(path: os.PathLike, curves: Dict[str, List[Dict]], title: str 
 
 def summary_table(results: Dict[str, List[Dict]]) -> str:
     """Markdown: per model, the first, middle and last block's r2 / cka / alive."""
-    lines = ['| model | blocks | block | r2 | cka | alive |', '| --- | ---: | --- | ---: | ---: | ---: |']
+    table = []
     for model, rows in results.items():
-        picks = sorted({0, len(rows) // 2, len(rows) - 1}) if rows else []
-        for i in picks:
+        for i in (sorted({0, len(rows) // 2, len(rows) - 1}) if rows else []):
             r = rows[i]
-            lines.append(f"| {model} | {len(rows)} | {r['index']} `{r['name']}` | {r['r2']:.3f} | {r['cka']:.3f} | {r['alive']:.3f} |")
-    return '\n'.join(lines)
+            table.append([model, len(rows), f"{r['index']} `{r['name']}`", f"{r['r2']:.3f}", f"{r['cka']:.3f}", f"{r['alive']:.3f}"])
+    return markdown_table(['model', 'blocks', 'block', 'r2', 'cka', 'alive'], table, [False, True, False, True, True, True])
 
 
 # ------------------------------------------------------------------------------------------------ command

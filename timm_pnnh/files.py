@@ -1,5 +1,6 @@
-"""Writing files atomically: into a temporary file beside the target, then renamed over it, so that
-a reader never sees a half-written file and a failure leaves nothing behind."""
+"""Writing results: files atomically (into a temporary file beside the target, then renamed over it,
+so that a reader never sees a half-written file and a failure leaves nothing behind), and the one
+markdown table writer every command prints with."""
 import json
 import os
 import re
@@ -7,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO, Sequence
 
-__all__ = ['atomic_write', 'write_json', 'write_between_markers', 'save_figure']
+__all__ = ['atomic_write', 'write_json', 'write_between_markers', 'save_figure', 'markdown_table']
 
 
 def atomic_write(path: os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
@@ -50,3 +51,17 @@ def save_figure(fig, path: os.PathLike) -> None:
         atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=110), binary=True)
     finally:
         plt.close(fig)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] = ()) -> str:
+    """A markdown table: ``header`` cells, then one line per row (cells already formatted as text).
+
+    ``numeric[i]`` right-aligns column i (default: the first column left, the others right).
+    """
+    numeric = list(numeric) or [False] + [True] * (len(header) - 1)
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f'a table row has {len(row)} cells for {len(header)} columns: {row}')
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(' ---: ' if n else ' --- ' for n in numeric) + '|']
+    lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+    return '\n'.join(lines)

@@ -32,6 +32,7 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 
 import timm_pnnh
+from timm_pnnh.files import markdown_table
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 
@@ -138,11 +139,11 @@ def load_results(path: str, architecture: str, tag: str, params: int) -> Dict[st
 
 def _recipe_table(args: Any) -> str:
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    rows = [f'| `--{k.replace("_", "-")}` | `{args[k]}` |' for k in RECIPE_ARGS
+    rows = [[f'`--{k.replace("_", "-")}`', f'`{args[k]}`'] for k in RECIPE_ARGS
             if args.get(k) is not None and args[k] is not False and args[k] != '']
     if not rows:
         return 'The checkpoint records no train.py arguments.'
-    return '\n'.join(['| train.py argument | value |', '| --- | --- |'] + rows)
+    return markdown_table(['train.py argument', 'value'], rows, [False, False])
 
 
 def render_card(template: str, values: Dict[str, Any]) -> str:

@@ -12,12 +12,13 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from timm_pnnh.files import atomic_write, write_between_markers
-from timm_pnnh.study import fmt_acc, markdown_table
+from timm_pnnh.files import atomic_write, markdown_table as write_table, write_between_markers
+from timm_pnnh.study import epochs_table, fmt_acc, markdown_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
 PAPER_PARAM_EFFICIENCY = 2.0  # "up to 2x better parameter efficiency"
+REPVGG_DEPLOY = 1.5  # ANCHORS.md: RepVGG deploys 1.5-2x faster than the ResNet of its accuracy
 RETENTION_MARGIN = 0.05  # R^2 gap counted as a difference in the retention verdict
 
 
@@ -45,6 +46,83 @@ def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> 
 def _base(summary: Sequence[Dict]) -> Dict[Tuple[str, str, Optional[int]], Dict]:
     """The rows with registered defaults, keyed by (family, arch, depth)."""
     return {(s['family'], s['arch'], s['depth']): s for s in summary if not s['model_kwargs']}
+
+
+# (key, what, the bar: paper or anchor, factor)
+FRONT_AXES = (
+    ('params', 'Parameters at equal accuracy', ('paper: up to', PAPER_PARAM_EFFICIENCY)),
+    ('train_img_s', 'Training throughput at equal accuracy', ('paper: up to', PAPER_THROUGHPUT)),
+    ('deploy_img_s', 'Deployed throughput at equal accuracy', ('RepVGG over ResNet:', REPVGG_DEPLOY)),
+)
+
+
+def reaches(residual: Dict, pnnh: Dict) -> bool:
+    """The residual row is at least as accurate as the PNNH row, or below it within 2 std of the paired difference."""
+    d, sd, _ = paired(residual, pnnh)
+    return d >= 0 or (sd is not None and d >= -2 * sd)
+
+
+def advantage(pnnh: Dict, residual: Dict, key: str) -> float:
+    """How many times better the PNNH row is on ``key``: fewer parameters, or more images/s."""
+    return residual[key] / pnnh[key] if key == 'params' else pnnh[key] / residual[key]
+
+
+def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tuple[Dict, bool]]:
+    """The residual row to compare ``pnnh`` with on ``key``: among the residual rows that reach its
+    accuracy, the best on ``key`` (True); when none does, the most accurate residual row (False)."""
+    residual = [s for s in summary if s['family'] == 'residual' and s.get(key) is not None and s['arch'] == pnnh['arch']]
+    if not residual or pnnh.get(key) is None:
+        return None
+    reach = [r for r in residual if reaches(r, pnnh)]
+    if reach:
+        return min(reach, key=lambda r: advantage(pnnh, r, key)), True
+    return max(residual, key=lambda r: r['acc_mean']), False
+
+
+def front_rows(summary: Sequence[Dict]) -> List[Dict]:
+    """Per PNNH row and axis: the residual row of equal accuracy and the PNNH advantage on that axis."""
+    rows = []
+    for p in (s for s in summary if s['family'] == 'pnnh'):
+        for key, _, _ in FRONT_AXES:
+            match = equal_accuracy(p, summary, key)
+            if match:
+                r, reached = match
+                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=advantage(p, r, key)))
+    return rows
+
+
+def front_table(summary: Sequence[Dict]) -> str:
+    """Markdown: each PNNH row against the residual row of equal accuracy that is best on each axis."""
+    table = []
+    for f in front_rows(summary):
+        d, sd, _ = paired(f['pnnh'], f['residual'])
+        table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
+                      f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + ('' if f['reached'] else ', less accurate: none reaches it'),
+                      _pm(d, sd), f"{f['ratio']:.2f}x"])
+    return write_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
+                           'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
+
+
+def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, float], study: Dict) -> str:
+    """One verdict: the best PNNH advantage on ``key`` over the residual rows of equal accuracy."""
+    rows = [f for f in front_rows(summary) if f['key'] == key and f['reached']]
+    if not rows:
+        missing = 'no bench figures in this study' if key != 'params' and not study.get('speed') else \
+            'no residual row reaches the accuracy of any PNNH row'
+        return f'**{what}**: {missing}.'
+    best = max(rows, key=lambda f: f['ratio'])
+    ratio, factor = best['ratio'], bar[1]
+    verdict = ('reproduced' if ratio >= factor else f'PNNH ahead, below the bar of {factor:g}x' if ratio > 1 else
+               'not reproduced: no PNNH row is ahead of the residual rows of its accuracy')
+    if best['pnnh']['acc_std'] is None:
+        verdict = f'one seed, no noise estimate: {verdict}'
+    where = ''
+    if key != 'params':
+        c = study['speed']['config']
+        where = (f" (bench: {c['device']} {c['device_name']}, {c['threads']} threads, batch {c['batch_size']}, "
+                 f"channels_last={c['channels_last']}, amp={c['amp']})")
+    return (f"**{what}**{where}: best {best['pnnh']['label']} vs {best['residual']['label']}, "
+            f"{ratio:.2f}x; {verdict} ({bar[0]} {factor:g}x).")
 
 
 def verdicts(study: Dict) -> List[str]:
@@ -89,54 +167,9 @@ def verdicts(study: Dict) -> List[str]:
     if not keys:
         lines.append('**PNNH vs residual at equal depth**: no pair of rows in this study.')
 
-    # 3. parameters at equal accuracy: per PNNH row, the smallest residual row that is on par or better
-    best = None
-    residual = [s for s in summary if s['family'] == 'residual']
-    for p in (s for s in summary if s['family'] == 'pnnh'):
-        reach = []
-        for r in residual:
-            d, sd, _ = paired(r, p)
-            if d >= 0 or (sd is not None and d >= -2 * sd):
-                reach.append(r)
-        if reach:
-            r = min(reach, key=lambda row: row['params'])
-            ratio, bound = r['params'] / p['params'], ''
-        elif residual:
-            r = max(residual, key=lambda row: row['params'])
-            ratio, bound = r['params'] / p['params'], '>= '
-        else:
-            continue
-        if best is None or ratio > best[0]:
-            best = (ratio, bound, p, r)
-    if best is None:
-        lines.append('**Parameters at equal accuracy**: no PNNH and residual rows to compare.')
-    else:
-        ratio, bound, p, r = best
-        d, sd, _ = paired(p, r)
-        verdict = ('reproduced' if ratio >= PAPER_PARAM_EFFICIENCY else
-                   'partly reproduced (fewer parameters, below the paper\'s factor)' if ratio > 1 else
-                   'not reproduced (no PNNH row needs fewer parameters than a residual row of its accuracy)')
-        if sd is None:
-            verdict = f'one seed, no noise estimate: {verdict}'
-        how = ('the smallest residual row on par or better (within 2 std)' if not bound else
-               'no residual row reaches it; the largest one')
-        lines.append(f"**Parameters at equal accuracy**: {p['label']} ({p['params'] / 1e3:.0f}k params, {fmt_acc(p)}) vs "
-                     f"{how}, {r['label']} ({r['params'] / 1e3:.0f}k, {fmt_acc(r)}; difference {_pm(d, sd)}): "
-                     f"residual / PNNH parameters {bound}{ratio:.2f}x, the best over the PNNH rows; {verdict} "
-                     f"(paper: up to {PAPER_PARAM_EFFICIENCY:g}x).")
-
-    # 4. training throughput ratio
-    ratios = [(base[('pnnh', a, d)]['train_images_per_s'] / base[('residual', a, d)]['train_images_per_s'],
-               base[('pnnh', a, d)]['label'], base[('residual', a, d)]['label']) for a, d in keys]
-    if ratios:
-        listed = '; '.join(f'{pl} / {rl}: {x:.2f}x' for x, pl, rl in ratios)
-        top = max(x for x, _, _ in ratios)
-        verdict = ('reproduced' if top >= PAPER_THROUGHPUT else 'PNNH faster, below the paper\'s factor' if top > 1
-                   else 'not reproduced: PNNH trains slower')
-        lines.append(f"**Training throughput** (train images/s, same run, {study['hardware']['device']}, "
-                     f"{study['hardware']['torch_threads']} threads): {listed}; best {top:.2f}x: {verdict} "
-                     f"(paper: up to {PAPER_THROUGHPUT:g}x on GPU).")
-
+    # 3-5. fronts: every PNNH row against the residual row of its accuracy that is best on each axis
+    for key, what, paper in FRONT_AXES:
+        lines.append(front_verdict(summary, key, what, paper, study))
     # 5. retention: the deepest block of the deepest depth with all three families
     full = [d for d in depths if all((f, 'resnet', d) in base for f in ('plain', 'residual', 'pnnh'))]
     if full:
@@ -155,24 +188,37 @@ def verdicts(study: Dict) -> List[str]:
 
 
 def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
-    """The Results section body: settings, table, plots (links under ``plot_dir``), verdicts."""
+    """The Results section body: settings, table, accuracy per epoch, plots (links under ``plot_dir``),
+    the fronts at equal accuracy, verdicts."""
     hw = study['hardware']
     recipe = study['recipe']
+    device = hw.get('gpu') or f"{hw['cpu'] or 'CPU'}, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads"
+    epochs = f" ({study['epochs']} epochs of {study['data'].split(':')[0]})" if study.get('epochs') else ''
     parts = [
         f"Generated by `timm-pnnh report` from the JSON written by `{study['command']}` "
-        f"on {study['date'][:10]} ({hw['cpu'] or 'CPU'}, {hw['cpu_count']} cores, {hw['torch_threads']} torch threads, "
-        f"torch {hw['torch']}, timm {hw['timm']}; {study['wall_seconds'] / 60:.1f} minutes).",
+        f"on {study['date'][:10]} ({device}; torch {hw['torch']}, timm {hw['timm']}; "
+        f"{study['train_seconds'] / 60:.0f} minutes of training in all).",
         '',
-        f"Seeds {', '.join(map(str, study['seeds']))}; {recipe['steps']} SGD steps of {recipe['batch_size']} "
-        f"(Nesterov, lr {recipe['lr']:g} cosine with {recipe['warmup_fraction']:.0%} warm-up, weight decay "
-        f"{recipe['weight_decay']:g}); {study['data']}. Retention: ridge reconstruction R^2 of the input "
-        'from the deepest block\'s features and linear CKA (`timm-pnnh diagnose`), at initialisation and after training.',
+        f"Seeds {', '.join(map(str, study['seeds']))}; {recipe['steps']} {recipe.get('opt', 'sgd').upper()} steps of "
+        f"{recipe['batch_size']}{epochs} (lr {recipe['lr']:g}, cosine with {recipe['warmup_fraction']:.0%} warm-up, "
+        f"weight decay {recipe['weight_decay']:g}, channels_last={recipe.get('channels_last', False)}, "
+        f"amp={recipe.get('amp')}); {study['data']}. Speed: `timm-pnnh bench` figures, every model in one process "
+        'taking turns, after training. Retention: ridge reconstruction R^2 of the input from the deepest block\'s '
+        'features and linear CKA (`timm-pnnh diagnose`), at initialisation and after training.',
         '',
         markdown_table(study['summary']),
         '',
     ]
+    per_epoch = epochs_table(study['summary'])
+    if per_epoch:
+        parts += ['Test accuracy after each epoch (mean +- std over seeds):', '', per_epoch, '']
     if plot_dir is not None:
         parts += [' '.join(f'![{p[:-4].replace("_", " ")}]({plot_dir}/{p})' for p in study['plots']), '']
+    fronts = front_table(study['summary'])
+    if fronts:
+        parts += ['Each PNNH row against the residual row that reaches its accuracy (within 2 std of the paired '
+                  'difference, or better) and is best on the axis (PNNH advantage: residual / PNNH parameters, '
+                  'PNNH / residual images/s):', '', fronts, '']
     parts += ['What reproduced here (computed from the JSON by `timm-pnnh report`):', '', *verdicts(study)]
     return '\n'.join(parts)
 

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -36,10 +37,10 @@ import timm
 import torch
 
 from timm_pnnh import training
-from timm_pnnh.bench import check_device
+from timm_pnnh.bench import benchmark, check_device, model_spec
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention
-from timm_pnnh.files import save_figure, write_json
+from timm_pnnh.files import atomic_write, markdown_table as write_table, save_figure, write_json
 from timm_pnnh.training import Recipe
 
 FAMILIES = ('plain', 'residual', 'pnnh')
@@ -225,7 +226,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
         log(f'    diverged: the loss was not finite at step {result.diverged_step}')
     return dict(label=row.label, family=row.family, model=row.model, arch=row.arch, depth=row.depth,
                 model_kwargs=dict(row.kwargs), seed=seed, params=result.params, test_acc=result.test_acc,
-                final_train_loss=result.final_train_loss, train_images_per_s=result.train_images_per_s,
+                final_train_loss=result.final_train_loss,
                 diverged_step=result.diverged_step, curve=result.curve,
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
                 seconds=time.perf_counter() - tic)
@@ -239,6 +240,37 @@ def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
                 device=preset.device)
 
 
+RECORD_KEYS = ('settings_digest', 'test_acc', 'params', 'seed', 'label', 'retention_init', 'retention_trained', 'seconds')
+
+
+def read_record(path: Path) -> Optional[Dict]:
+    """The run record at ``path``, or None when it is unreadable, empty, cut off or lacks a record's keys."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else None
+
+
+RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100 kB), plus as much for plots
+
+
+def check_output(out: Path, runs: int) -> None:
+    """Fail before any training when ``out`` cannot take the study's files: not creatable, not
+    writable, or too little free space for ``runs`` records. ValueError naming --out."""
+    try:
+        (out / 'runs').mkdir(parents=True, exist_ok=True)
+        probe = out / 'runs' / '.write-probe'
+        atomic_write(probe, lambda f: f.write('probe'))
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f'--out={str(out)!r} is not writable: {err.strerror or err}') from None
+    free, needed = shutil.disk_usage(out).free, (runs + 1) * RECORD_BYTES
+    if free < needed:
+        raise ValueError(f'--out={str(out)!r} has {free / 2 ** 20:.1f} MiB free; the study needs about '
+                         f'{needed / 2 ** 20:.0f} MiB for {runs} run records and plots')
+
+
 def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print) -> List[Dict]:
     """Every (seed, row) run, seeds outermost; finished runs with matching settings are reused."""
     runs_dir = out / 'runs'
@@ -250,24 +282,66 @@ def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bo
         settings = run_settings(row, seed, preset, data)
         digest = _digest(settings)
         if resume and path.is_file():
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                record = {}
-            if record.get('settings_digest') == digest:
+            record = read_record(path)
+            if record is None:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {path} is empty, cut off or not a run record; running again')
+            elif record.get('settings_digest') == digest:
                 log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused '
                     f'({record["test_acc"]:.2f}%)')
                 records.append(record)
                 continue
-            log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
+            else:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
         log(f'[{i}/{len(todo)}] {row.label} seed {seed} ({row.model}{" " + _knob_label(row.kwargs) if row.kwargs else ""})')
         record = run_one(row, seed, preset, data, log)
         record.update(settings=settings, settings_digest=digest)
         write_json(path, record)
-        log(f'    test acc {record["test_acc"]:.2f}%  {record["train_images_per_s"]:.0f} train img/s  '
+        log(f'    test acc {record["test_acc"]:.2f}%  '
             f'R^2 deepest block {record["retention_init"][-1]["r2"]:.2f} (init) -> {record["retention_trained"][-1]["r2"]:.2f}')
         records.append(record)
     return records
+
+
+SPEED_STEPS, SPEED_WARMUP = 3, 2  # per timed repeat, and untimed steps first (``bench.benchmark``)
+
+
+def speed_settings(rows: Sequence[Row], preset: Preset, data: Data, repeats: int) -> Dict:
+    """What ``measure_speed`` runs: every row as a bench spec at the study's batch, input and device."""
+    images = data.train[0]
+    specs = {row.label: model_spec(row.model, dict(row.kwargs, num_classes=10, in_chans=images.shape[1])) for row in rows}
+    reference = next((row.label for row in rows if row.family == 'residual' and not row.kwargs), rows[0].label)
+    return dict(specs=specs, reference=specs[reference], batch_size=preset.recipe.batch_size, img_size=images.shape[-1],
+                device=preset.device, channels_last=preset.recipe.channels_last, amp=preset.recipe.amp,
+                repeats=repeats, steps=SPEED_STEPS, warmup=SPEED_WARMUP, hardware=hardware(preset.device))
+
+
+def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, repeats: int, resume: bool = True,
+                  log=print) -> Dict:
+    """Training, eval and deployed images/s and saved activations of every row, all models in one
+    ``bench.benchmark`` process taking turns (the project's one timer), written to ``OUT/speed.json``;
+    a file with the same settings is reused. Run it on an otherwise idle machine."""
+    settings = speed_settings(rows, preset, data, repeats)
+    path = out / 'speed.json'
+    if resume and path.is_file():
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            report = {}
+        if report.get('settings_digest') == _digest(settings):
+            log(f'speed: measured earlier, reused ({path})')
+            return report
+    log(f'speed: {len(rows)} models side by side, batch {settings["batch_size"]}, {repeats} repeats '
+        f'(timings: keep the machine otherwise idle)')
+    report = benchmark(list(settings['specs'].values()), batch_size=settings['batch_size'], img_size=settings['img_size'],
+                       device=settings['device'], channels_last=settings['channels_last'], amp=settings['amp'],
+                       repeats=repeats, steps=SPEED_STEPS, warmup=SPEED_WARMUP, reference=settings['reference'])
+    report.update(settings=settings, settings_digest=_digest(settings))
+    write_json(path, report)
+    return report
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _mean_curve(curves: List[List[Dict]]) -> List[Dict]:
@@ -275,20 +349,36 @@ def _mean_curve(curves: List[List[Dict]]) -> List[Dict]:
             for b in range(len(curves[0]))]
 
 
-def summarize(rows: Sequence[Row], records: Sequence[Dict]) -> List[Dict]:
-    """Per row: accuracy mean/std over seeds (std None for one seed), params, images/s, mean retention curves."""
+def _epoch_curve(records: Sequence[Dict]) -> List[Dict]:
+    """Test accuracy per scored epoch, mean and std over the runs that reached it."""
+    points: Dict[float, List[float]] = {}
+    for r in records:
+        for point in r.get('curve') or []:
+            if 'epoch' in point:
+                points.setdefault(point['epoch'], []).append(point['test_acc'])
+    return [dict(epoch=e, acc_mean=_mean_std(v)[0], acc_std=_mean_std(v)[1], runs=len(v)) for e, v in sorted(points.items())]
+
+
+SPEED_KEYS = ('train_img_s', 'infer_img_s', 'deploy_img_s', 'saved_mb', 'deploy_params_m')
+
+
+def summarize(rows: Sequence[Row], records: Sequence[Dict], speed: Optional[Dict] = None) -> List[Dict]:
+    """Per row: accuracy mean/std over seeds (std None for one seed), accuracy per epoch, params,
+    diverged seeds, the bench figures (``speed``) and mean retention curves."""
     summary = []
+    specs = speed['settings']['specs'] if speed else {}
     for row in rows:
         mine = [r for r in records if r['label'] == row.label]
         if not mine:
             continue
         accs = [r['test_acc'] for r in mine]
+        measured = speed['results'].get(specs.get(row.label), {}) if speed else {}
         summary.append(dict(
             label=row.label, family=row.family, model=row.model, arch=row.arch, depth=row.depth,
             model_kwargs=dict(row.kwargs), blocks=mine[0]['blocks'], params=mine[0]['params'],
-            seeds=[r['seed'] for r in mine], test_accs=accs, acc_mean=statistics.fmean(accs),
-            acc_std=statistics.stdev(accs) if len(accs) > 1 else None,
-            train_images_per_s=statistics.fmean(r['train_images_per_s'] for r in mine),
+            seeds=[r['seed'] for r in mine], test_accs=accs, acc_mean=_mean_std(accs)[0], acc_std=_mean_std(accs)[1],
+            diverged_seeds=[r['seed'] for r in mine if r.get('diverged_step') is not None],
+            epochs=_epoch_curve(mine), **{key: measured.get(key) for key in SPEED_KEYS},
             retention_init=_mean_curve([r['retention_init'] for r in mine]),
             retention_trained=_mean_curve([r['retention_trained'] for r in mine])))
     return summary
@@ -296,55 +386,121 @@ def summarize(rows: Sequence[Row], records: Sequence[Dict]) -> List[Dict]:
 
 def fmt_acc(row: Dict) -> str:
     std = row['acc_std']
-    return f"{row['acc_mean']:.2f} +- {std:.2f}" if std is not None else f"{row['acc_mean']:.2f} (one seed)"
+    text = f"{row['acc_mean']:.2f} +- {std:.2f}" if std is not None else f"{row['acc_mean']:.2f} (one seed)"
+    return text + (f" ({len(row['diverged_seeds'])} diverged)" if row.get('diverged_seeds') else '')
+
+
+def _figure(value: Optional[float], fmt: str) -> str:
+    return '-' if value is None else format(value, fmt)
 
 
 def markdown_table(summary: Sequence[Dict]) -> str:
-    lines = ['| model | family | depth | params | test acc % (mean +- std) | seeds | train img/s | '
-             'R^2 deepest block: init -> trained | CKA deepest block: init -> trained |',
-             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    header = ['model', 'family', 'depth', 'params', 'deployed params', 'test acc % (mean +- std)', 'seeds',
+              'train img/s', 'deployed img/s', 'saved activations MB', 'R^2 deepest block: init -> trained',
+              'CKA deepest block: init -> trained']
+    rows = [[f"{s['label']} (`{s['model']}`)", s['family'], s['depth'] if s['depth'] is not None else f"{s['blocks']} blocks",
+             f"{s['params'] / 1e3:.0f}k", _figure(s['deploy_params_m'] and s['deploy_params_m'] * 1e3, '.0f') + 'k'
+             if s['deploy_params_m'] else '-', fmt_acc(s), len(s['seeds']), _figure(s['train_img_s'], '.0f'),
+             _figure(s['deploy_img_s'], '.0f'), _figure(s['saved_mb'], '.1f'),
+             f"{s['retention_init'][-1]['r2']:.2f} -> {s['retention_trained'][-1]['r2']:.2f}",
+             f"{s['retention_init'][-1]['cka']:.2f} -> {s['retention_trained'][-1]['cka']:.2f}"] for s in summary]
+    return write_table(header, rows, [False, False] + [True] * (len(header) - 2))
+
+
+def epochs_table(summary: Sequence[Dict]) -> str:
+    """Test accuracy after each epoch (mean +- std over seeds), one row per model."""
+    epochs = sorted({p['epoch'] for s in summary for p in s['epochs']})
+    if not epochs:
+        return ''
+    rows = []
     for s in summary:
-        depth = s['depth'] if s['depth'] is not None else f"{s['blocks']} blocks"
-        lines.append(
-            f"| {s['label']} (`{s['model']}`) | {s['family']} | {depth} | {s['params'] / 1e3:.0f}k | {fmt_acc(s)} | "
-            f"{len(s['seeds'])} | {s['train_images_per_s']:.0f} | {s['retention_init'][-1]['r2']:.2f} -> "
-            f"{s['retention_trained'][-1]['r2']:.2f} | {s['retention_init'][-1]['cka']:.2f} -> "
-            f"{s['retention_trained'][-1]['cka']:.2f} |")
-    return '\n'.join(lines)
+        by_epoch = {p['epoch']: p for p in s['epochs']}
+        rows.append([s['label']] + [fmt_acc(dict(by_epoch[e], diverged_seeds=[])) if e in by_epoch else '-' for e in epochs])
+    return write_table(['model'] + [f'epoch {e:g}' for e in epochs], rows)
 
 
-PLOTS = ('accuracy_vs_depth.png', 'accuracy_vs_params.png', 'retention_vs_depth.png')
+FAMILY_COLORS = {'plain': 'tab:red', 'residual': 'tab:blue', 'pnnh': 'tab:green'}
+# (file, x key, x label, scale to the axis unit, lower x is better)
+FRONTS = (
+    ('accuracy_vs_params.png', 'params', 'parameters (thousands)', 1e-3, True),
+    ('accuracy_vs_train_speed.png', 'train_img_s', 'training images/s (bench, side by side)', 1, False),
+    ('accuracy_vs_deploy_speed.png', 'deploy_img_s', 'deployed images/s (bench, reparameterized)', 1, False),
+)
+PLOTS = ('accuracy_vs_epochs.png', 'accuracy_vs_depth.png', *(f[0] for f in FRONTS), 'retention_vs_depth.png')
 
 
-def write_plots(summary: Sequence[Dict], out: Path) -> Optional[str]:
-    """The three PNGs in ``out``; returns a message instead when matplotlib is missing."""
+def pareto_front(points: Sequence[Tuple[float, float]], lower_is_better: bool) -> List[Tuple[float, float]]:
+    """The points no other point beats on both x (cheaper) and accuracy, sorted from cheap to costly."""
+    ordered = sorted(points, key=lambda p: (p[0] if lower_is_better else -p[0], -p[1]))
+    front, best = [], float('-inf')
+    for x, acc in ordered:
+        if acc > best:
+            front.append((x, acc))
+            best = acc
+    return front
+
+
+def write_plots(summary: Sequence[Dict], out: Path) -> Tuple[List[str], Optional[str]]:
+    """The PNGs in ``out`` that the data allow; returns (written, message when matplotlib is missing)."""
     curves = {}
     for s in summary:
         curves[f"{s['label']} init"] = s['retention_init']
         curves[f"{s['label']} trained"] = s['retention_trained']
-    message = plot_retention(out / PLOTS[2], curves, title='input retention per block (dashed: init, solid: trained)')
+    message = plot_retention(out / PLOTS[-1], curves, title='input retention per block (dashed: init, solid: trained)')
     if message:
-        return message
+        return [], message
     import matplotlib.pyplot as plt
-    colors = {'plain': 'tab:red', 'residual': 'tab:blue', 'pnnh': 'tab:green'}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for family in FAMILIES:
-        pts = sorted((s['depth'], s['acc_mean'], s['acc_std'] or 0) for s in summary
-                     if s['family'] == family and s['arch'] == 'resnet' and not s['model_kwargs'])
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=3,
-                        label=family, color=colors[family])
-    ax.set_xlabel('depth (CIFAR-style ResNet)'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3), ax.legend()
-    fig.tight_layout()
-    save_figure(fig, out / PLOTS[0])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in summary:
-        ax.errorbar(s['params'] / 1e3, s['acc_mean'], s['acc_std'] or 0, marker='o', capsize=3, color=colors[s['family']])
-        ax.annotate(s['label'], (s['params'] / 1e3, s['acc_mean']), fontsize=6, xytext=(3, 3), textcoords='offset points')
-    ax.set_xscale('log'), ax.set_xlabel('parameters (thousands)'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, out / PLOTS[1])
-    return None
+    from matplotlib.ticker import ScalarFormatter
+    written = [PLOTS[-1]]
+    if any(s['epochs'] for s in summary):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        cmap = plt.get_cmap('tab10' if len(summary) <= 10 else 'tab20')
+        for i, s in enumerate(summary):
+            e = s['epochs']
+            ax.errorbar([p['epoch'] for p in e], [p['acc_mean'] for p in e], [p['acc_std'] or 0 for p in e], marker='o',
+                        capsize=3, label=s['label'], color=cmap(i % cmap.N))
+        ax.set_xlabel('epoch'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        ax.set_title('test accuracy after each epoch (mean +- std over seeds)', fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, out / PLOTS[0])
+        written.append(PLOTS[0])
+    depths = {s['depth'] for s in summary if s['arch'] == 'resnet'}
+    if len(depths) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for family in FAMILIES:
+            pts = sorted((s['depth'], s['acc_mean'], s['acc_std'] or 0) for s in summary
+                         if s['family'] == family and s['arch'] == 'resnet' and not s['model_kwargs'])
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=3,
+                            label=family, color=FAMILY_COLORS[family])
+        ax.set_xlabel('depth (CIFAR-style ResNet)'), ax.set_ylabel('test accuracy (%)'), ax.grid(alpha=0.3), ax.legend()
+        fig.tight_layout()
+        save_figure(fig, out / PLOTS[1])
+        written.append(PLOTS[1])
+    for name, key, xlabel, scale, lower in FRONTS:
+        measured = [s for s in summary if s[key] is not None]
+        if not measured:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for family in FAMILIES:
+            mine = [s for s in measured if s['family'] == family]
+            if not mine:
+                continue
+            ax.errorbar([s[key] * scale for s in mine], [s['acc_mean'] for s in mine], [s['acc_std'] or 0 for s in mine],
+                        fmt='o', capsize=3, color=FAMILY_COLORS[family], alpha=0.8)
+            front = pareto_front([(s[key] * scale, s['acc_mean']) for s in mine], lower)
+            ax.plot([p[0] for p in front], [p[1] for p in front], '-', color=FAMILY_COLORS[family], label=f'{family} front')
+            for s in mine:
+                ax.annotate(s['label'], (s[key] * scale, s['acc_mean']), fontsize=7, xytext=(4, -10),
+                            textcoords='offset points')
+        ax.set_xscale('log'), ax.set_xlabel(xlabel + (' (lower is cheaper)' if lower else ' (higher is faster)'))
+        ax.xaxis.set_major_formatter(ScalarFormatter()), ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis='x', which='minor', labelsize=7)
+        ax.set_ylabel('test accuracy (%), mean +- std'), ax.grid(alpha=0.3, which='both'), ax.legend(fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, out / name)
+        written.append(name)
+    return [p for p in PLOTS if p in written], None
 
 
 def hardware(device: str = 'cpu') -> Dict[str, Any]:
@@ -422,18 +578,27 @@ def run(args) -> int:
           f'{f" ({preset.epochs} epochs, test scored after each)" if preset.epochs else ""} on {preset.device}; {data.source}; '
           f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}' +
           (f'\n(ViT rows skipped, not registered: {", ".join(skipped_vit)})' if skipped_vit else ''), flush=True)
-    tic = time.perf_counter()
-    records = sweep(rows, preset, data, out, resume=args.resume, log=lambda m: print(m, flush=True))
-    summary = summarize(rows, records)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    try:
+        check_output(out, len(rows) * len(preset.seeds))
+    except ValueError as err:
+        print(f'timm-pnnh study: error: {err}', file=sys.stderr)
+        return 2
+    records = sweep(rows, preset, data, out, resume=args.resume, log=log)
+    speed = measure_speed(rows, preset, data, out, args.speed_repeats, args.resume, log) if args.speed_repeats else None
+    summary = summarize(rows, records, speed)
+    plots, message = write_plots(summary, out)
     study = dict(
         command=command_line(args), preset=preset.name, date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        hardware=hardware(preset.device), epochs=preset.epochs, seeds=list(preset.seeds), recipe=asdict(preset.recipe), depths=list(preset.depths),
-        data=data.source, wall_seconds=time.perf_counter() - tic, plots=list(PLOTS), summary=summary, runs=records)
+        hardware=hardware(preset.device), epochs=preset.epochs, seeds=list(preset.seeds), recipe=asdict(preset.recipe),
+        depths=list(preset.depths), data=data.source, train_seconds=sum(r['seconds'] for r in records),
+        speed=speed and {k: speed[k] for k in ('config', 'ratios', 'settings')}, plots=plots, summary=summary, runs=records)
     write_json(out / 'study.json', study)
-    message = write_plots(summary, out)
     print()
     print(markdown_table(summary))
-    print(f'\nwrote {out / "study.json"}' + ('' if message else ' and ' + ', '.join(str(out / p) for p in PLOTS)))
+    if preset.epochs:
+        print('\nTest accuracy after each epoch:\n\n' + epochs_table(summary))
+    print(f'\nwrote {out / "study.json"}' + (' and ' + ', '.join(str(out / p) for p in plots) if plots else ''))
     if message:
         print(message, file=sys.stderr)
     print(f'README Results: timm-pnnh report --from {out / "study.json"} --write-readme README.md')
@@ -455,6 +620,8 @@ def register(subparsers) -> None:
     parser.add_argument('--diag-batch', type=int, default=None, help='images per retention batch (fit and score)')
     parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (Debian\'s package is found on its own)')
     parser.add_argument('--out', default=None, help='output folder (default: output/study-PRESET)')
+    parser.add_argument('--speed-repeats', type=int, default=5,
+                        help='timed repeats of the side-by-side speed measurement after training (0: skip it)')
     parser.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,
                         help='reuse finished runs whose settings match (default: on)')
     parser.set_defaults(func=run)

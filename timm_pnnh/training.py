@@ -10,7 +10,6 @@ runs on real datasets use timm's own train.py (``timm-pnnh run train.py``).
 """
 import logging
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -25,7 +24,12 @@ from timm.utils import accuracy
 _logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ('sgd', 'adamw')
-AMP_DTYPES = {None: None, 'bf16': torch.bfloat16}
+AMP_DTYPES = {'bf16': torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: Optional[str]):
+    """torch.autocast to ``AMP_DTYPES[amp]`` on ``device``'s type, or nothing when ``amp`` is None."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
 
 
 @dataclass
@@ -57,11 +61,11 @@ class Recipe:
             raise ValueError(f'opt={self.opt!r} is not allowed: it must be one of {OPTIMIZERS}')
         if not isinstance(self.channels_last, bool):
             raise ValueError(f'channels_last={self.channels_last!r} is not allowed: it must be True or False')
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f'amp={self.amp!r} is not allowed: it must be one of {tuple(AMP_DTYPES)}')
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f'amp={self.amp!r} is not allowed: it must be None or one of {tuple(AMP_DTYPES)}')
 
     def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=AMP_DTYPES[self.amp]) if self.amp else nullcontext()
+        return autocast(device, self.amp)
 
 
 @dataclass
@@ -71,7 +75,6 @@ class RunResult:
     params: int
     test_acc: float
     final_train_loss: float
-    train_images_per_s: float
     recipe: Dict[str, Any] = field(default_factory=dict)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     curve: List[Dict[str, float]] = field(default_factory=list)  # test accuracy every ``eval_every`` steps
@@ -117,7 +120,8 @@ def train_and_evaluate(
     ``on_trained(model)`` once with the trained model (in eval mode), after scoring. With
     ``eval_every=N`` the test accuracy after every N steps goes into ``RunResult.curve`` (the last
     point is the final score). A loss that is not finite stops the run: ``diverged_step`` names the
-    step and the test accuracy is that of the model at that point.
+    step and the test accuracy is that of the model at that point. Speed is not measured here
+    (``timm_pnnh.bench`` times models side by side).
     """
     recipe = recipe or Recipe()
     if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
@@ -142,7 +146,6 @@ def train_and_evaluate(
     position = 0
     model.train()
     loss = torch.tensor(float('nan'))
-    timed_images, timed_seconds = 0, 0.0
     curve: List[Dict[str, float]] = []
     diverged_step = None
     for step in range(recipe.steps):
@@ -151,7 +154,6 @@ def train_and_evaluate(
             position = 0
         index = order[position:position + recipe.batch_size]
         position += recipe.batch_size
-        tic = time.perf_counter()
         with recipe.autocast(dev):
             loss = F.cross_entropy(model(_batch(images[index], dev, recipe)), labels[index])
         if not torch.isfinite(loss):
@@ -162,9 +164,6 @@ def train_and_evaluate(
         loss.backward()
         optimizer.step()
         scheduler.step_update(step + 1)
-        if step >= min(3, recipe.steps - 1):  # the first steps warm up allocators and kernels
-            timed_seconds += time.perf_counter() - tic
-            timed_images += len(index)
         if progress is not None:
             progress(step, loss.item())
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < recipe.steps:
@@ -179,6 +178,6 @@ def train_and_evaluate(
         on_trained(model)
     return RunResult(
         model=model_name, seed=seed, params=sum(p.numel() for p in model.parameters()), test_acc=test_acc,
-        final_train_loss=loss.item(), train_images_per_s=timed_images / max(timed_seconds, 1e-9),
+        final_train_loss=loss.item(),
         recipe=asdict(recipe), model_kwargs={k: v for k, v in model_kwargs.items()}, curve=curve,
         diverged_step=diverged_step)

@@ -3,19 +3,21 @@
 Task: 10 classes, each a fixed random 3x16x16 template; a sample is its class template circularly
 shifted by a random (dy, dx) plus Gaussian noise, so that the class must be read from the
 arrangement of the tokens, wherever it sits. Depth-12 ViTs (embed 64, 4 heads, patch 4: 16 tokens
-+ class token) are trained with AdamW for ``--steps`` steps, same data, same seeds; printed are the
-mean training loss over the last 20 steps and the accuracy on a held-out set of 1024 samples.
++ class token) are trained with the project's one training loop (``training.train_and_evaluate``:
+timm's AdamW, weight decay 0.05, cosine schedule with 10% warm-up) for ``--steps`` steps, same data,
+same seeds; printed are the mean training loss over the last 20 steps and the accuracy on a held-out
+set of 1024 samples.
 
     python -m timm_pnnh.vit_ablation --seeds 0 1
 """
 import argparse
-import time
+import sys
 
-import timm
 import torch
-import torch.nn.functional as F
 
-import timm_pnnh  # noqa: F401
+import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.files import markdown_table
+from timm_pnnh.training import Recipe, train_and_evaluate
 
 R2 = dict(coder_ratio=2.0)  # the signed-Dirac coder [I; -I]: exactly the identity at initialisation
 CONFIGS = {
@@ -45,26 +47,13 @@ def make_task(n_train: int, n_test: int, noise: float, seed: int = 1234):
 
 
 def run(name, kwargs, data, steps, seed, batch_size, lr):
-    (x_train, y_train), (x_test, y_test) = data
-    torch.manual_seed(seed)
-    model = timm.create_model(name, img_size=16, embed_dim=64, num_heads=4, depth=12, **kwargs)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(seed)
+    """Train one config with the shared loop (``training.train_and_evaluate``, AdamW, cosine with warm-up);
+    return (mean training loss over the last 20 steps, test accuracy in [0, 1], parameters)."""
     losses = []
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x_train), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
-    return sum(losses[-20:]) / 20, acc, sum(p.numel() for p in model.parameters())
+    recipe = Recipe(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.05, opt='adamw')
+    result = train_and_evaluate(name, *data, recipe, seed=seed, progress=lambda step, loss: losses.append(loss),
+                                model_kwargs=dict(img_size=16, embed_dim=64, num_heads=4, depth=12, **kwargs))
+    return sum(losses[-20:]) / len(losses[-20:]), result.test_acc / 100, result.params
 
 
 def main():
@@ -78,18 +67,16 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = make_task(4096, 1024, args.noise)
-    print('| config | params | train loss (last 20 steps) | test acc | seeds |')
-    print('| --- | ---: | ---: | ---: | --- |')
+    rows = []
     for label, (name, kwargs) in CONFIGS.items():
         if args.only and label not in args.only:
             continue
-        t0 = time.time()
         res = [run(name, kwargs, data, args.steps, s, args.batch_size, args.lr) for s in args.seeds]
-        loss = [r[0] for r in res]
-        acc = [r[1] for r in res]
-        print(f'| {label} | {res[0][2] / 1e3:.0f}k | {" / ".join(f"{v:.3f}" for v in loss)} | '
-              f'{" / ".join(f"{100 * v:.1f}" for v in acc)} | {" ".join(map(str, args.seeds))} |'
-              f'  <!-- {time.time() - t0:.0f}s -->', flush=True)
+        rows.append([label, f'{res[0][2] / 1e3:.0f}k', ' / '.join(f'{r[0]:.3f}' for r in res),
+                     ' / '.join(f'{100 * r[1]:.1f}' for r in res), ' '.join(map(str, args.seeds))])
+        print(f'{label}: done', file=sys.stderr, flush=True)
+    print(markdown_table(['config', 'params', 'train loss (last 20 steps)', 'test acc %', 'seeds'], rows,
+                         [False, True, True, True, False]))
 
 
 if __name__ == '__main__':
