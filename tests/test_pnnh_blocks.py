@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.blocks import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
 
 PNNH_NAMES = timm.list_models('pnnh_resnet*')
 KNOB_VARIANTS = [
@@ -135,7 +135,7 @@ def test_coder_keeps_the_input_better_than_a_plain_layer(coder_init):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(coder_ratio=1.5), 'coder_ratio=1.5'),
+    (dict(coder_ratio=2.5), 'coder_ratio=2.5'),
     (dict(coder_ratio=0), 'coder_ratio=0'),
     (dict(learner_ratio=-1.0), 'learner_ratio=-1.0'),
     (dict(coder_ratio=0.3), 'coder_ratio=0.3 does not divide 16 channels'),

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.utils import reparameterize_model as timm_reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.blocks import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, reparameterize_model
 

@@ -67,7 +67,7 @@ def assert_deployed(model: nn.Module) -> None:
     blocks = [m for m in model.modules() if isinstance(m, PnnhBlock)]
     assert blocks
     for block in blocks:
-        assert block.deployed and isinstance(block.mlp, nn.Sequential)
+        assert block.inference_mode and isinstance(block.mlp, nn.Sequential)
         assert not hasattr(block, 'coder2' if block.sequential else 'coder')
         assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
 
@@ -173,7 +173,7 @@ def test_timm_and_project_reparameterize_model_both_work_on_a_vit():
             assert fused is not model
             assert_deployed(fused)
             assert (fused(x) - ref).abs().max().item() <= 1e-4
-        assert not any(isinstance(b, PnnhBlock) and b.deployed for b in model.modules())  # copies
+        assert not any(isinstance(b, PnnhBlock) and b.inference_mode for b in model.modules())  # copies
 
 
 def test_reparameterize_is_idempotent_and_in_place():
@@ -200,4 +200,4 @@ def test_reparameterize_rejects_an_mlp_it_cannot_fold(kwargs, match):
     block, _ = block_and_tokens(**kwargs)
     with pytest.raises(ValueError, match=match):
         block.reparameterize()
-    assert not block.deployed and hasattr(block, 'coder')
+    assert not block.inference_mode and hasattr(block, 'coder')

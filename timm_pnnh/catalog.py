@@ -7,15 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from timm_pnnh.files import write_between_markers
-from timm_pnnh.models import registered_models
-
-
-def family_of(name: str) -> str:
-    if name.startswith('pnnh_'):
-        return 'pnnh'
-    if name.startswith('plain_'):
-        return 'plain'
-    return 'residual'
+from timm_pnnh.models import family_of, registered_models
 
 
 def describe(name: str) -> Dict:
