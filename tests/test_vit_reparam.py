@@ -3,6 +3,7 @@ one linear -> act -> linear for the coder and the MLP, with no residual add."""
 import operator
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torch.fx
@@ -201,3 +202,18 @@ def test_reparameterize_rejects_an_mlp_it_cannot_fold(kwargs, match):
     with pytest.raises(ValueError, match=match):
         block.reparameterize()
     assert not block.inference_mode and hasattr(block, 'coder')
+
+
+def test_folded_vit_round_trips_through_a_file_and_create_model(tmp_path):
+    """Fold, save as safetensors, load with create_model(inference_mode=True): the same logits."""
+    model, x = model_and_input('pnnh_vit_tiny_patch4_32', **TINY)
+    fused = reparameterize_model(model)
+    path = str(tmp_path / 'folded.safetensors')
+    safetensors.torch.save_file(fused.state_dict(), path)
+    loaded = timm.create_model('pnnh_vit_tiny_patch4_32', inference_mode=True, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=path), **TINY).eval()
+    assert_deployed(loaded)
+    assert loaded.state_dict().keys() == fused.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), fused(x))
+        assert (loaded(x) - model(x)).abs().max().item() <= 1e-4
