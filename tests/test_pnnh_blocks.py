@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.blocks import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
 
 PNNH_NAMES = timm.list_models('pnnh_resnet*')
 KNOB_VARIANTS = [
@@ -135,7 +135,7 @@ def test_coder_keeps_the_input_better_than_a_plain_layer(coder_init):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(coder_ratio=1.5), 'coder_ratio=1.5'),
+    (dict(coder_ratio=2.5), 'coder_ratio=2.5'),
     (dict(coder_ratio=0), 'coder_ratio=0'),
     (dict(learner_ratio=-1.0), 'learner_ratio=-1.0'),
     (dict(coder_ratio=0.3), 'coder_ratio=0.3 does not divide 16 channels'),
@@ -173,3 +173,78 @@ def test_plain_transitions_remove_every_shortcut():
     assert _add_count(default) == 7 + 2
     assert _add_count(timm.create_model('plain_resnet20')) == 0
     assert _add_count(timm.create_model('cifar_resnet20')) == 9
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(aa_layer=torch.nn.AvgPool2d), 'aa_layer=.* is not supported by PnnhBasicBlock: it must be None'),
+    (dict(block_reduce_first=2), 'reduce_first=2 is not supported by PnnhBasicBlock: it must be 1'),
+    (dict(coder_sharing='model'), "coder_sharing='model' is not allowed: it must be one of"),
+])
+def test_arguments_the_pnnh_blocks_cannot_honour_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model('pnnh_resnet20', **kwargs)
+
+
+def test_signed_dirac_coder_of_twice_the_width_is_the_identity():
+    coder = PnnhBasicBlock(4, 4, coder_ratio=2.0).coder
+    x = torch.randn(2, 4, 5, 5)  # signed: relu(x) - relu(-x) = x
+    torch.testing.assert_close(coder.decode(torch.relu(coder.encode(x))), x)
+    torch.testing.assert_close(PnnhBasicBlock(4, 4, coder_ratio=0.5).coder.kernel()[:, :, 0, 0], torch.eye(4)[:2])
+
+
+def stage_shared(**kwargs):
+    """pnnh_resnet20 with coder_sharing='stage', and a per-block-coder copy holding the same weights."""
+    torch.manual_seed(0)
+    shared = timm.create_model('pnnh_resnet20', coder_sharing='stage', coder_init='kaiming', **kwargs)
+    per_block = timm.create_model('pnnh_resnet20', coder_init='kaiming', **kwargs)
+    per_block.load_state_dict(shared.state_dict())
+    return shared, per_block
+
+
+def test_stage_coder_sharing_is_one_parameter_per_stage_counted_once():
+    shared, per_block = stage_shared()
+    assert shared.state_dict().keys() == per_block.state_dict().keys()
+    for stage, n_pnnh in ((shared.layer1, 3), (shared.layer2, 2), (shared.layer3, 2)):
+        weights = [b.coder.weight for b in pnnh_blocks(stage)]
+        assert len(weights) == n_pnnh and all(w is weights[0] for w in weights)
+    assert len({id(b.coder.weight) for b in pnnh_blocks(shared)}) == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # TorchScript and torch.fx keep working with a shared Parameter
+        torch.testing.assert_close(torch.jit.script(shared.eval())(x), shared(x))
+        torch.testing.assert_close(torch.fx.symbolic_trace(shared)(x), shared(x))
+    per_block_coders = sum(b.coder.weight.numel() for b in pnnh_blocks(per_block))
+    stage_coders = sum(s[-1].coder.weight.numel() for s in (shared.layer1, shared.layer2, shared.layer3))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(per_block) - count(shared) == per_block_coders - stage_coders == 16 * 16 * 2 + 32 * 32 + 64 * 64
+
+
+def test_stage_shared_coder_gets_the_gradient_of_every_block():
+    shared, per_block = stage_shared(drop_path_rate=0.0)
+    x = torch.randn(4, 3, 16, 16)
+    for model in (shared, per_block):
+        model.train()(x).square().sum().backward()
+    for stage in ('layer1', 'layer2', 'layer3'):
+        got = pnnh_blocks(getattr(shared, stage))[0].coder.weight.grad
+        want = sum(b.coder.weight.grad for b in pnnh_blocks(getattr(per_block, stage)))
+        assert got.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_stage_shared_coder_folds_exactly():
+    from timm_pnnh.reparam import reparameterize_model
+    shared, _ = stage_shared()
+    shared.eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in shared.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+            m.weight.data.uniform_(0.2, 0.6, generator=gen)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = shared(x)
+        fused = reparameterize_model(shared)
+        assert ref.std() > 1e-2
+        assert (fused(x) - ref).abs().max().item() <= 1e-4
+    convs = [m.plain.conv1.weight for m in fused.modules() if isinstance(m, PnnhBasicBlock)]
+    assert len({c.data_ptr() for c in convs}) == len(convs)  # each folded block holds its own copy

@@ -3,6 +3,7 @@ import os
 import tempfile
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torch.fx
@@ -10,7 +11,7 @@ import torch.nn as nn
 from timm.utils import reparameterize_model as timm_reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.blocks import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, reparameterize_model
 
@@ -196,3 +197,29 @@ def test_baselines_deploy_with_batchnorms_folded(name):
     fused = reparameterize_model(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert (ref - fused_logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50', 'plain_resnet20', 'cifar_resnet20'])
+def test_folded_model_round_trips_through_a_file_and_create_model(name, tmp_path):
+    """Fold, save as safetensors, load with create_model(inference_mode=True): the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 32, 32)
+    fused = reparameterize_model(model)
+    path = str(tmp_path / 'folded.safetensors')
+    safetensors.torch.save_file(fused.state_dict(), path)
+    loaded = timm.create_model(name, inference_mode=True, pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
+    assert loaded.state_dict().keys() == fused.state_dict().keys()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert_no_pnnh_blocks_left(loaded)
+    with torch.no_grad():
+        ref = model(x)
+        assert ref.std() > 1e-2
+        torch.testing.assert_close(loaded(x), fused(x))
+        assert (loaded(x) - ref).abs().max().item() <= 1e-4
+
+
+def test_inference_mode_rejects_a_non_bool():
+    with pytest.raises(ValueError, match="inference_mode='yes' is not allowed: it must be True or False"):
+        timm.create_model('pnnh_resnet20', inference_mode='yes')

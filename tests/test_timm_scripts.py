@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 import yaml
 
 import timm_pnnh  # noqa: F401
+from timm_pnnh.reparam import reparameterize_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_ENV = 'TIMM_SCRIPTS_DIR'
@@ -129,17 +131,24 @@ def test_train_then_validate(model, tiny_imagefolder, tmp_path):
     with open(run_dir / 'summary.csv') as f:
         summary = list(csv.DictReader(f))[-1]  # train.py's evaluation, of the EMA weights with --model-ema
 
+    # the EMA weights folded by timm_pnnh.reparam, saved, and validated as create_model(inference_mode=True)
+    trained = timm.create_model(model, num_classes=2)
+    trained.load_state_dict(checkpoint['state_dict_ema'])
+    deployed_file = tmp_path / 'deployed.safetensors'
+    safetensors.torch.save_file(reparameterize_model(trained.eval()).state_dict(), str(deployed_file))
     results = {}
-    for reparam in ([], ['--reparam']):
-        results_file = tmp_path / f'results{len(reparam)}.json'
+    for mode, extra in (('trained', ['--checkpoint', str(run_dir / 'last.pth.tar'), '--use-ema']),
+                        ('reparam', ['--checkpoint', str(run_dir / 'last.pth.tar'), '--use-ema', '--reparam']),
+                        ('inference_mode', ['--checkpoint', str(deployed_file), '--model-kwargs', 'inference_mode=True'])):
+        results_file = tmp_path / f'results_{mode}.json'
         validate = run(['-m', 'timm_pnnh.run', script('validate.py'), str(tiny_imagefolder), '--split', 'validation',
                         '--device', 'cpu', '--model', model, '--num-classes', '2', '--input-size', '3', '32', '32',
-                        '--batch-size', '8', '--workers', '0', '--checkpoint', str(run_dir / 'last.pth.tar'),
-                        '--use-ema', *reparam, '--results-file', str(results_file), '--results-format', 'json'],
-                       cwd=tmp_path)
+                        '--batch-size', '8', '--workers', '0', *extra, '--results-file', str(results_file),
+                        '--results-format', 'json'], cwd=tmp_path)
         assert validate.returncode == 0, validate.stderr[-4000:]
-        results[bool(reparam)] = json.loads(results_file.read_text())
-    plain, reparameterized = results[False], results[True]
+        results[mode] = json.loads(results_file.read_text())
+    plain, reparameterized = results['trained'], results['reparam']
+    assert (results['inference_mode']['top1'], results['inference_mode']['top5']) == (plain['top1'], plain['top5'])
     assert plain['model'] == reparameterized['model'] == model
     assert (plain['top1'], plain['top5']) == (reparameterized['top1'], reparameterized['top5'])
     hooks = ('fuse', 'reparameterize', 'switch_to_deploy')  # what timm's reparameterize_model calls

@@ -5,7 +5,7 @@ import torch.nn as nn
 from timm.layers import GELU, DropPath
 from torch.profiler import ProfilerActivity, profile
 
-from timm_pnnh.blocks import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 
 
 def reference(block, x):

@@ -3,6 +3,7 @@ one linear -> act -> linear for the coder and the MLP, with no residual add."""
 import operator
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torch.fx
@@ -67,7 +68,7 @@ def assert_deployed(model: nn.Module) -> None:
     blocks = [m for m in model.modules() if isinstance(m, PnnhBlock)]
     assert blocks
     for block in blocks:
-        assert block.deployed and isinstance(block.mlp, nn.Sequential)
+        assert block.inference_mode and isinstance(block.mlp, nn.Sequential)
         assert not hasattr(block, 'coder2' if block.sequential else 'coder')
         assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
 
@@ -173,7 +174,7 @@ def test_timm_and_project_reparameterize_model_both_work_on_a_vit():
             assert fused is not model
             assert_deployed(fused)
             assert (fused(x) - ref).abs().max().item() <= 1e-4
-        assert not any(isinstance(b, PnnhBlock) and b.deployed for b in model.modules())  # copies
+        assert not any(isinstance(b, PnnhBlock) and b.inference_mode for b in model.modules())  # copies
 
 
 def test_reparameterize_is_idempotent_and_in_place():
@@ -200,4 +201,19 @@ def test_reparameterize_rejects_an_mlp_it_cannot_fold(kwargs, match):
     block, _ = block_and_tokens(**kwargs)
     with pytest.raises(ValueError, match=match):
         block.reparameterize()
-    assert not block.deployed and hasattr(block, 'coder')
+    assert not block.inference_mode and hasattr(block, 'coder')
+
+
+def test_folded_vit_round_trips_through_a_file_and_create_model(tmp_path):
+    """Fold, save as safetensors, load with create_model(inference_mode=True): the same logits."""
+    model, x = model_and_input('pnnh_vit_tiny_patch4_32', **TINY)
+    fused = reparameterize_model(model)
+    path = str(tmp_path / 'folded.safetensors')
+    safetensors.torch.save_file(fused.state_dict(), path)
+    loaded = timm.create_model('pnnh_vit_tiny_patch4_32', inference_mode=True, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=path), **TINY).eval()
+    assert_deployed(loaded)
+    assert loaded.state_dict().keys() == fused.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), fused(x))
+        assert (loaded(x) - model(x)).abs().max().item() <= 1e-4

@@ -7,15 +7,7 @@ import torch
 
 from timm_pnnh.bench import flops_per_image
 from timm_pnnh.files import markdown_table as write_table, write_between_markers
-from timm_pnnh.models import registered_models
-
-
-def family_of(name: str) -> str:
-    if name.startswith('pnnh_'):
-        return 'pnnh'
-    if name.startswith('plain_'):
-        return 'plain'
-    return 'residual'
+from timm_pnnh.models import family_of, registered_models
 
 
 def describe(name: str) -> Dict:

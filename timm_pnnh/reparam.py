@@ -2,7 +2,7 @@
 
 A PNNH block is plain by construction; written with concatenated weights it *is* a plain conv stack
 (paper, arXiv:2402.08645: no residual connection; this project's reading of the block, see
-``timm_pnnh.blocks``). ``PnnhBasicBlock.reparameterize()`` and ``PnnhBottleneck.reparameterize()``
+``timm_pnnh.models.pnnh_resnet``). ``PnnhBasicBlock.reparameterize()`` and ``PnnhBottleneck.reparameterize()``
 fold the BatchNorms, the weight-sharing coder ``E`` / ``adj(E)`` and the learner into that stack, in
 place. timm's ``timm.utils.reparameterize_model`` (and so ``validate.py --reparam``) calls every
 ``reparameterize()`` it finds, so it already turns each stride-1 PNNH block into

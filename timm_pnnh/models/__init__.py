@@ -15,3 +15,13 @@ def registered_models(pattern: str = '') -> List[str]:
     for module in FAMILY_MODULES:
         names += timm.list_models(pattern or '', module=module)
     return names
+
+
+def family_of(name: str) -> str:
+    """'pnnh', 'plain' or 'residual' (the ``cifar_*`` baselines) for a registered model name."""
+    return {'pnnh': 'pnnh', 'plain': 'plain'}.get(name.split('_', 1)[0], 'residual')
+
+
+def model_names(family: str, pattern: str = '') -> List[str]:
+    """The registered names of one family ('pnnh', 'plain' or 'residual')."""
+    return [name for name in registered_models(pattern) if family_of(name) == family]

@@ -1,10 +1,19 @@
-"""Model-building helpers shared by the model families: argument checks and entrypoint registration."""
+"""What the model families share: family names, knob checks, coder widths and inits, argument checks."""
 import inspect
 from typing import Any, Callable, Dict, Iterable, Tuple
 
-from timm.models import build_model_with_cfg, register_model
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg
 
-__all__ = ['UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs', 'register_entrypoint']
+__all__ = ['FAMILIES', 'CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
+           'check_ratio', 'check_choice', 'coder_width', 'signed_dirac_', 'deployable']
+
+# 'pnnh' (coder + learner), 'plain' (shortcuts removed), 'residual' (timm's own blocks)
+FAMILIES = ('pnnh', 'plain', 'residual')
+CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
+# C_c / C: up to 2, where the signed Dirac init E = [I; -I] makes the coder the exact identity
+MAX_CODER_RATIO = 2.0
 
 # arguments that create_model / build_model_with_cfg consume before the model class sees them
 BUILDER_ARGS = frozenset(set(inspect.signature(build_model_with_cfg).parameters) - {'model_cls', 'variant', 'pretrained', 'kwargs'}
@@ -26,14 +35,54 @@ def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterabl
     return allowed
 
 
-def register_entrypoint(module_globals: Dict[str, Any], name: str, create: Callable, doc: str) -> None:
-    """Register ``name`` with timm as a function ``name(pretrained=False, **kwargs)`` of the calling
-    module (its ``globals()``), which calls ``create(pretrained, **kwargs)``."""
+def check_ratio(name: str, value, low: float, high: float) -> float:
+    """``value`` as a float in ``(low, high]``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value <= high):
+        raise ValueError(f'{name}={value!r} is not allowed: it must be a number in ({low}, {high}]')
+    return float(value)
 
-    def entrypoint(pretrained: bool = False, **kwargs):
-        return create(pretrained, **kwargs)
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = module_globals['__name__']
-    entrypoint.__doc__ = doc
-    module_globals[name] = register_model(entrypoint)
+def check_choice(name: str, value, allowed: Tuple) -> None:
+    """A ValueError naming ``name`` unless ``value`` is one of ``allowed`` (bools only match bools)."""
+    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+        what = 'True or False' if allowed == (False, True) else f'one of {allowed}'
+        raise ValueError(f'{name}={value!r} is not allowed: it must be {what}')
+
+
+def coder_width(channels: int, ratio: float, name: str) -> int:
+    """``channels * ratio`` as an exact whole number of channels, or a ValueError naming ``name``."""
+    width = channels * ratio
+    if abs(width - round(width)) > 1e-6 or round(width) < 1:
+        raise ValueError(
+            f'{name}={ratio!r} does not divide {channels} channels into a whole number '
+            f'({channels} * {ratio} = {width:g}); choose a ratio r with {channels} * r a positive integer')
+    return int(round(width))
+
+
+@torch.no_grad()
+def signed_dirac_(weight: torch.Tensor) -> torch.Tensor:
+    """``coder_init='dirac'`` in every family: the signed identity ``E = [I ; -I]`` cut to C_c rows.
+
+    Row r of ``weight`` (C_c x C, or C_c x C x k x k with the 1 at the kernel centre) is ``e_(r mod C)``
+    for r < C and ``-e_(r mod C)`` for C <= r < 2C. With C_c <= C it is the identity's first C_c rows;
+    with C_c = 2C, ``adj(E) act(E x) = act(x) - act(-x) = x`` for ReLU, GELU and SiLU.
+    """
+    coder_dim, dim = weight.shape[:2]
+    rows = torch.arange(coder_dim, device=weight.device)
+    centre = tuple(k // 2 for k in weight.shape[2:])
+    weight.zero_()[(rows, rows % dim, *centre)] = torch.where(rows // dim % 2 == 0, 1.0, -1.0).to(weight.dtype)
+    return weight
+
+
+def deployable(model_cls: Callable, inference_mode: bool, fold: Callable[[nn.Module], Any]) -> Callable:
+    """``model_cls``, or with ``inference_mode=True`` a builder of its deployed form: the model, folded by
+    ``fold`` before timm's builder loads weights into it (timm's byobnet / fastvit ``inference_mode``)."""
+    check_choice('inference_mode', inference_mode, (False, True))
+    if not inference_mode:
+        return model_cls
+
+    def build(**kwargs):
+        model = model_cls(**kwargs)
+        fold(model.eval())
+        return model.train()
+    return build

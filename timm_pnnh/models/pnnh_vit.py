@@ -12,31 +12,31 @@ Families (the residual baselines are timm's own ``vit_*_patch16_224``):
 * 32x32 inputs, patch 4 (64 tokens + class token): ``pnnh_vit_{tiny,small}_patch4_32``,
   ``plain_vit_{tiny,small}_patch4_32`` and the residual ``cifar_vit_{tiny,small}_patch4_32``
   (timm's ``Block``; the ``cifar_`` prefix keeps clear of timm's names).
+
+``inference_mode=True`` builds any of them in the deployed form of ``timm_pnnh.reparam.reparameterize_model``.
 """
 import inspect
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import LayerScale, Mlp, get_act_layer
-from timm.models import generate_default_cfgs
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from timm_pnnh.blocks import check_ratio, coder_width
-from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
+from timm_pnnh.models._factory import (
+    CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
+from timm_pnnh.reparam import reparameterize_model
 
-__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_INITS', 'CODER_ACTS',
-           'ARRANGEMENTS', 'SIZES', 'model_names']
+__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES']
 
-CODER_INITS = ('dirac', 'orthogonal', 'kaiming')
 CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
-MAX_CODER_RATIO = 2.0
 
 # defaults of the knobs the paper leaves open, chosen by timm_pnnh/vit_ablation.py (README
 # "The PNNH ViT block"): a C-wide Dirac coder through the MLP's GELU, read from the raw tokens, in a
@@ -50,22 +50,17 @@ PNNH_VIT_KNOBS: Dict[str, Any] = dict(
 # name -> (embed_dim, depth, num_heads), as timm's vit_tiny/small/base
 SIZES = {'tiny': (192, 12, 3), 'small': (384, 12, 6), 'base': (768, 12, 12)}
 SMALL_IMAGE_SIZES = ('tiny', 'small')
-FAMILIES = ('pnnh', 'plain', 'residual')
 
 
 def check_pnnh_vit_args(coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False,
                         arrangement='parallel', zero_init_last=True) -> None:
     """Validate the PNNH ViT knobs; raise ValueError naming the bad one, its value and what is allowed."""
     check_ratio('coder_ratio', coder_ratio, 0.0, MAX_CODER_RATIO)
-    if coder_init not in CODER_INITS:
-        raise ValueError(f'coder_init={coder_init!r} is not allowed: it must be one of {CODER_INITS}')
-    if coder_act not in CODER_ACTS:
-        raise ValueError(f'coder_act={coder_act!r} is not allowed: it must be one of {CODER_ACTS}')
-    if arrangement not in ARRANGEMENTS:
-        raise ValueError(f'arrangement={arrangement!r} is not allowed: it must be one of {ARRANGEMENTS}')
-    for name, value in (('coder_norm', coder_norm), ('zero_init_last', zero_init_last)):
-        if not isinstance(value, bool):
-            raise ValueError(f'{name}={value!r} is not allowed: it must be True or False')
+    check_choice('coder_init', coder_init, CODER_INITS)
+    check_choice('coder_act', coder_act, CODER_ACTS)
+    check_choice('arrangement', arrangement, ARRANGEMENTS)
+    check_choice('coder_norm', coder_norm, (False, True))
+    check_choice('zero_init_last', zero_init_last, (False, True))
 
 
 class LinearCoder(nn.Module):
@@ -100,10 +95,7 @@ class LinearCoder(nn.Module):
         coder_dim, dim = self.weight.shape
         with torch.no_grad():
             if self.init == 'dirac':
-                self.weight.zero_()
-                rows = torch.arange(coder_dim, device=self.weight.device)
-                sign = torch.where(rows // dim % 2 == 0, 1.0, -1.0).to(self.weight.dtype)
-                self.weight[rows, rows % dim] = sign
+                signed_dirac_(self.weight)
             elif self.init == 'orthogonal':
                 nn.init.orthogonal_(self.weight)
                 self.weight.mul_(math.sqrt(2.0 * dim / coder_dim) if coder_dim < dim else math.sqrt(2.0))
@@ -227,23 +219,27 @@ class PnnhBlock(Block):
         self.sequential = arrangement == 'sequential'
         self.coder = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd)
         self.coder2 = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd) if self.sequential else None
-        self.zero_init_last = zero_init_last
-        self.deployed = False
+        self.zero_learner = zero_init_last
+        self.inference_mode = False
         self.init_weights()
 
+    def zero_init_last(self) -> None:
+        """Zero the learner's last projections so that the block starts as its coder alone."""
+        for layer in (self.attn.proj, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
     def init_weights(self) -> None:
-        """Coder init, then the learner's last projections to zero (when ``zero_init_last``).
+        """Coder init, then ``zero_init_last()`` when built with ``zero_init_last=True``.
 
         timm's ViT init calls this after initialising the block's Linear layers.
         """
         self.coder.reset_parameters()
         if self.coder2 is not None:
             self.coder2.reset_parameters()
-        if self.zero_init_last:
-            for layer in (self.attn.proj, self.mlp.fc2):
-                nn.init.zeros_(layer.weight)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        if self.zero_learner:
+            self.zero_init_last()
 
     def reset_parameters(self) -> None:
         self.init_weights()
@@ -272,7 +268,7 @@ class PnnhBlock(Block):
         Raises ValueError for an MLP other than timm's ``Mlp`` without a hidden norm, or a layer scale
         other than ``LayerScale``.
         """
-        if self.deployed:
+        if self.inference_mode:
             return
         mlp = self.mlp
         if type(mlp) is not Mlp or not all(isinstance(m, nn.Linear) for m in (mlp.fc1, mlp.fc2)) \
@@ -308,7 +304,7 @@ class PnnhBlock(Block):
             del self.coder2
         else:
             del self.coder
-        self.deployed = True
+        self.inference_mode = True
 
     def _forward_deployed(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool) -> torch.Tensor:
         if self.sequential:
@@ -327,7 +323,7 @@ class PnnhBlock(Block):
             attn_mask: Optional[torch.Tensor] = None,
             is_causal: bool = False,
     ) -> torch.Tensor:
-        if self.deployed:
+        if self.inference_mode:
             return self._forward_deployed(x, attn_mask, is_causal)
         if self.coder2 is not None:
             x1 = self.norm1(x)
@@ -369,9 +365,15 @@ class _PnnhBlockFn:
         return PnnhBlock(*args, **kwargs, **self.knobs)
 
 
-def _create(variant: str, pretrained: bool, family: str, **kwargs) -> VisionTransformer:
-    """Build one registered ViT-family model; unknown or bad arguments raise ValueError."""
-    model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'}
+def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Build the registered model ``variant`` ('{pnnh,plain,cifar}_vit_{size}_patch{16_224,4_32}'); bad arguments
+    raise ValueError."""
+    prefix, size = variant.split('_vit_')
+    family, size, small = {'cifar': 'residual'}.get(prefix, prefix), size.split('_')[0], variant.endswith('patch4_32')
+    embed_dim, depth, num_heads = SIZES[size]
+    kwargs = {**(dict(patch_size=4, img_size=32) if small else dict(patch_size=16)), 'embed_dim': embed_dim,
+              'depth': depth, 'num_heads': num_heads, **kwargs}
+    model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
     check_model_kwargs(variant, kwargs, model_args | set(PNNH_VIT_KNOBS) if family == 'pnnh' else model_args)
     if family == 'pnnh':
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
@@ -381,8 +383,10 @@ def _create(variant: str, pretrained: bool, family: str, **kwargs) -> VisionTran
     else:
         block_fn = PlainBlock if family == 'plain' else Block
     out_indices = kwargs.pop('out_indices', 3)
+    model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False),
+                           lambda m: reparameterize_model(m, inplace=True))
     return build_model_with_hub(
-        VisionTransformer, variant, pretrained, block_fn=block_fn, pretrained_filter_fn=checkpoint_filter_fn,
+        model_cls, variant, pretrained, block_fn=block_fn, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
@@ -399,32 +403,80 @@ def _small_image_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
 
 
-def model_names(family: str) -> List[str]:
-    """Names this module registers for ``family`` ('pnnh', 'plain' or 'residual')."""
-    small_prefix = {'pnnh': 'pnnh', 'plain': 'plain', 'residual': 'cifar'}[family]
-    imagenet = [f'{family}_vit_{size}_patch16_224' for size in SIZES] if family != 'residual' else []
-    return imagenet + [f'{small_prefix}_vit_{size}_patch4_32' for size in SMALL_IMAGE_SIZES]
-
-
 default_cfgs = generate_default_cfgs(hub_cfgs({
-    **{f'{name}.in1k': _cfg() for family in FAMILIES for name in model_names(family) if name.endswith('224')},
-    **{f'{name}.cifar10': _small_image_cfg() for family in FAMILIES for name in model_names(family)
-       if name.endswith('32')},
+    **{f'{f}_vit_{size}_patch16_224.in1k': _cfg() for f in ('pnnh', 'plain') for size in SIZES},
+    **{f'{p}_vit_{size}_patch4_32.cifar10': _small_image_cfg() for p in ('pnnh', 'plain', 'cifar')
+       for size in SMALL_IMAGE_SIZES},
 }))
 
 
-def _register(family: str, name: str) -> None:
-    size = name.split('_vit_', 1)[1].split('_', 1)[0]
-    embed_dim, depth, num_heads = SIZES[size]
-    small = name.endswith('patch4_32')
-    spec = dict(patch_size=4, img_size=32) if small else dict(patch_size=16)
-    spec.update(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    what = {'pnnh': 'PNNH (linear coder + attention/MLP learner, no residual add)',
-            'plain': 'plain (residual adds removed)', 'residual': 'residual baseline (timm Block)'}[family]
-    register_entrypoint(globals(), name, lambda pretrained, **kwargs: _create(
-        name, pretrained, family, **dict(spec, **kwargs)), f'ViT-{size.capitalize()}, patch {spec["patch_size"]}, {what}.')
+@register_model
+def pnnh_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
+    return _create('pnnh_vit_tiny_patch16_224', pretrained, **kwargs)
 
 
-for _family in FAMILIES:
-    for _name in model_names(_family):
-        _register(_family, _name)
+@register_model
+def pnnh_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
+    return _create('pnnh_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def pnnh_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Base, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
+    return _create('pnnh_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def plain_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 16, plain (residual adds removed)."""
+    return _create('plain_vit_tiny_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def plain_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 16, plain (residual adds removed)."""
+    return _create('plain_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def plain_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Base, patch 16, plain (residual adds removed)."""
+    return _create('plain_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def pnnh_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 4, 32x32 input, PNNH (linear coder + attention/MLP learner, no residual add)."""
+    return _create('pnnh_vit_tiny_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def pnnh_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 4, 32x32 input, PNNH (linear coder + attention/MLP learner, no residual add)."""
+    return _create('pnnh_vit_small_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def plain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 4, 32x32 input, plain (residual adds removed)."""
+    return _create('plain_vit_tiny_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def plain_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 4, 32x32 input, plain (residual adds removed)."""
+    return _create('plain_vit_small_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def cifar_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 4, 32x32 input, residual baseline (timm Block)."""
+    return _create('cifar_vit_tiny_patch4_32', pretrained, **kwargs)
+
+
+@register_model
+def cifar_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 4, 32x32 input, residual baseline (timm Block)."""
+    return _create('cifar_vit_small_patch4_32', pretrained, **kwargs)
