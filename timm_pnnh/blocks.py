@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck, get_padding
 
+from timm_pnnh.models import coder_ops
 from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel
 
 __all__ = [
@@ -79,7 +80,12 @@ class _Coder(nn.Module):
     decay shrinks ``E`` at the usual relative rate. Works with any training script, timm's included.
     ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
     encoder and decoder share.
+
+    ``code(x, act)`` is the coder's output. A ReLU coder without norm runs as one operation that
+    recomputes its code in backward instead of saving it (``coder_ops.relu_coder``, ``recompute``
+    True); any other coder, or ``recompute = False``, runs as autograd's encode -> act -> decode.
     """
+    recompute = True
 
     def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
                  norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, device=None, dtype=None):
@@ -114,6 +120,17 @@ class _Coder(nn.Module):
     def decode(self, z: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         kernel = self.kernel() if kernel is None else kernel
         return F.conv_transpose2d(z, kernel, None, 1, self.padding, 0, 1, self.dilation)
+
+    def code(self, x: torch.Tensor, act: nn.Module, act2: Optional[nn.Module] = None) -> torch.Tensor:
+        """``adj(E) act2(act(N_c(E x)))`` (``act2`` none if not given)."""
+        acts = (act,) if act2 is None else (act, act2)
+        if self.recompute and coder_ops.recompute_applies(self.norm, *acts):
+            return coder_ops.relu_coder(x, self.weight, self.gain, self.padding, self.dilation)
+        kernel = self.kernel()
+        code = self.encode(x, kernel)
+        for a in acts:
+            code = a(code)
+        return self.decode(code, kernel)
 
     def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
@@ -272,8 +289,7 @@ class PnnhBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        kernel = self.coder.kernel()
-        coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
+        coded = self.coder.code(x, self.act1)
         learned = self.conv1(x)
         learned = self.bn1(learned)
         learned = self.drop_block(learned)
@@ -408,8 +424,7 @@ class PnnhBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        kernel = self.coder.kernel()
-        coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
+        coded = self.coder.code(x, self.act1, self.coder_act2)
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)
