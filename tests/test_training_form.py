@@ -72,10 +72,12 @@ def test_training_step_does_not_copy_the_shared_coder_weight():
     assert copies == []
 
 
-@pytest.mark.parametrize('kernel_size, dilation, gain', [(1, 1, 0.3), (3, 1, 1.0), (3, 2, 0.5)])
-def test_relu_coder_gradcheck(kernel_size, dilation, gain):
+@pytest.mark.parametrize('kernel_size, dilation, gain, memory_format', [
+    (1, 1, 0.3, torch.contiguous_format), (1, 1, 0.3, torch.channels_last),  # convolutions / matrix products
+    (3, 1, 1.0, torch.contiguous_format), (3, 2, 0.5, torch.channels_last)])
+def test_relu_coder_gradcheck(kernel_size, dilation, gain, memory_format):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
     weight = torch.randn(2, 3, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
     padding = dilation * (kernel_size - 1) // 2
     assert torch.autograd.gradcheck(lambda x, w: relu_coder(x, w, gain, padding, dilation), (x, weight))
@@ -113,9 +115,10 @@ def test_coder_saves_no_feature_map_of_its_own():
     assert autograd_form - recomputing == (x.numel() + pnnh.coder.weight.numel()) * 4
 
 
-def test_recompute_matches_autograd_form_in_channels_last_and_bf16():
+@pytest.mark.parametrize('coder_kernel', [1, 3])  # matrix products / convolutions
+def test_recompute_matches_autograd_form_in_channels_last_and_bf16(coder_kernel):
     torch.manual_seed(0)
-    model = timm.create_model('pnnh_resnet20', coder_kernel=3).train().to(memory_format=torch.channels_last)
+    model = timm.create_model('pnnh_resnet20', coder_kernel=coder_kernel).train().to(memory_format=torch.channels_last)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight, 0.5, 1.0)

@@ -39,37 +39,64 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: torch.Tensor, 
                                                False, [0, 0], 1, [False, True, False])[1]
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """An (N, C, H, W) tensor as an (N*H*W, C) matrix: a view when ``t`` is channels_last."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``_rows``: (N*H*W, C) back to (N, C, H, W), channels_last."""
+    n, _, h, w = like.shape
+    return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
 class _ReluCoder(torch.autograd.Function):
+    """A 1x1 coder on a channels_last input runs as matrix products over the pixels (the same
+    arithmetic as a 1x1 convolution, without the convolution's per-call overhead, which dominates
+    at 16-64 channels); anything else as convolutions."""
 
     @staticmethod
     def forward(ctx, x, weight, gain: float, padding: int, dilation: int):
-        kernel = weight * gain if gain != 1.0 else weight
-        code = F.conv2d(x, kernel, None, 1, padding, dilation).relu_()
-        ctx.save_for_backward(x, weight)
         ctx.gain, ctx.padding, ctx.dilation = gain, padding, dilation
+        ctx.rows = weight.shape[-1] == 1 and x.is_contiguous(memory_format=torch.channels_last)
         ctx.autocast = x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type)
+        ctx.save_for_backward(x, weight)
+        kernel = weight * gain if gain != 1.0 else weight
+        if ctx.rows:
+            matrix = kernel.flatten(1)
+            return _image((_rows(x) @ matrix.t()).relu_() @ matrix, x)
+        code = F.conv2d(x, kernel, None, 1, padding, dilation).relu_()
         return F.conv_transpose2d(code, kernel, None, 1, padding, 0, 1, dilation)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        gain, padding, dilation = ctx.gain, ctx.padding, ctx.dilation
-        device_type, enabled, dtype = ctx.autocast
-        with torch.autocast(device_type, dtype, enabled):  # the forward's precision
+        gain, p, d = ctx.gain, ctx.padding, ctx.dilation
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        grad_x = grad_weight = None
+        with torch.autocast(*ctx.autocast[:1], dtype=ctx.autocast[2], enabled=ctx.autocast[1]):  # forward's precision
             kernel = weight * gain if gain != 1.0 else weight
-            code = F.conv2d(x, kernel, None, 1, padding, dilation).relu_()  # recomputed, not saved
-            grad_code = F.conv2d(grad_out, kernel, None, 1, padding, dilation)  # adjoint of the decoder
-        grad_z = torch.ops.aten.threshold_backward(grad_code, code, 0)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            with torch.autocast(device_type, dtype, enabled):
-                grad_x = F.conv_transpose2d(grad_z, kernel, None, 1, padding, 0, 1, dilation).to(x.dtype)
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_z, x_, grad_out_, code, kernel = (t.to(grad_code.dtype) for t in (grad_z, x, grad_out, code, kernel))
-            encoder = _weight_grad(x_, grad_z, kernel, padding, dilation)
-            decoder = _weight_grad(grad_out_, code, kernel, padding, dilation)
-            grad_weight = encoder.add_(decoder).mul_(gain).to(weight.dtype)
+            if ctx.rows:
+                matrix, x_rows, grad_rows = kernel.flatten(1), _rows(x), _rows(grad_out)
+                code = (x_rows @ matrix.t()).relu_()  # recomputed, not saved
+                grad_z = torch.ops.aten.threshold_backward(grad_rows @ matrix.t(), code, 0)
+                if need_x:
+                    grad_x = _image(grad_z @ matrix, x)
+                if need_weight:  # decoder term + encoder term
+                    grad_weight = torch.addmm(code.t() @ grad_rows.to(code.dtype), grad_z.t(), x_rows.to(code.dtype))
+            else:
+                code = F.conv2d(x, kernel, None, 1, p, d).relu_()  # recomputed, not saved
+                grad_code = F.conv2d(grad_out, kernel, None, 1, p, d)  # the decoder's adjoint
+                grad_z = torch.ops.aten.threshold_backward(grad_code, code, 0)
+                if need_x:
+                    grad_x = F.conv_transpose2d(grad_z, kernel, None, 1, p, 0, 1, d)
+                if need_weight:
+                    grad_z, x_, grad_out_, code, kernel = (t.to(grad_code.dtype) for t in (grad_z, x, grad_out, code, kernel))
+                    grad_weight = _weight_grad(x_, grad_z, kernel, p, d).add_(_weight_grad(grad_out_, code, kernel, p, d))
+        if grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape).mul_(gain).to(weight.dtype)
         return grad_x, grad_weight, None, None, None
 
 
