@@ -268,6 +268,11 @@ class PnnhBasicBlock(nn.Module):
         residual block's multiply-adds (2x with the default C-wide coder, 1x with
         ``coder_ratio + learner_ratio = 1``), against ``C_l / C + C_c / (9 C)`` for the summed form:
         plain, but not cheaper, unless the coder and learner share the width.
+
+        This exact fold is the deployed form (what timm's ``reparameterize_model`` and
+        ``validate.py --reparam`` produce): it holds for every input. Narrower forms are opt-in:
+        ``timm_pnnh.prune.prune_dead_channels`` removes hidden channels that carry nothing (exactly
+        from the weights, or on calibration data at an accuracy cost to be measured).
         """
         if self.plain is not None:
             return
