@@ -294,7 +294,11 @@ class PnnhBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        coded = self.coder.code(x, self.act1)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
+            kernel = self.coder.kernel()
+            coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
+        else:
+            coded = self.coder.code(x, self.act1)
         learned = self.conv1(x)
         learned = self.bn1(learned)
         learned = self.drop_block(learned)
@@ -429,7 +433,11 @@ class PnnhBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:
             return self.plain(x)
-        coded = self.coder.code(x, self.act1, self.coder_act2)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
+            kernel = self.coder.kernel()
+            coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
+        else:
+            coded = self.coder.code(x, self.act1, self.coder_act2)
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)
