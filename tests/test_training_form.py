@@ -1,10 +1,16 @@
-"""The training form of the PNNH blocks: summed branches, exact gradients, no per-step weight copy."""
+"""The training form of the PNNH blocks: summed branches, exact gradients, no per-step weight copy,
+a coder that saves no feature map of its own, one graph under torch.compile."""
 import pytest
+import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import GELU, DropPath
+from timm.models.resnet import BasicBlock
 from torch.profiler import ProfilerActivity, profile
 
+import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.models.coder_ops import relu_coder
 from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 
 
@@ -14,7 +20,8 @@ def reference(block, x):
     z = block.coder.encode(x)
     if isinstance(block, PnnhBasicBlock):
         coded = block.coder.decode(act(z.clone()))
-        learned = block.drop_path(block.bn2(block.conv2(act(block.bn1(block.conv1(x))))))
+        learned = block.bn2(block.conv2(act(block.bn1(block.conv1(x)))))
+        learned = learned if block.drop_path is None else block.drop_path(learned)
     else:
         coded = block.coder.decode(act(act(z.clone()).clone()))
         learned = block.bn3(block.conv3(act(block.bn2(block.conv2(act(block.bn1(block.conv1(x))))))))
@@ -24,8 +31,10 @@ def reference(block, x):
 @pytest.mark.parametrize('act_layer', [nn.ReLU, GELU])
 @pytest.mark.parametrize('make', [
     lambda act: PnnhBasicBlock(8, 8, act_layer=act, drop_path=DropPath(0.5), coder_kernel=3, coder_norm=True),
+    lambda act: PnnhBasicBlock(8, 8, act_layer=act, coder_kernel=3, dilation=2, coder_ratio=0.5),
+    lambda act: PnnhBasicBlock(8, 8, act_layer=act, coder_lr_scale=1.0),
     lambda act: PnnhBottleneck(32, 8, act_layer=act, coder_ratio=0.25),
-], ids=['basic', 'bottleneck'])
+], ids=['basic-norm', 'basic-dilated', 'basic-full-lr', 'bottleneck'])
 def test_training_form_gradients_match_the_equations(make, act_layer):
     torch.manual_seed(0)
     block = make(act_layer).train()
@@ -57,5 +66,84 @@ def test_training_step_does_not_copy_the_shared_coder_weight():
               if e.key in ('aten::copy_', 'aten::clone', 'aten::contiguous', 'aten::_to_copy', 'aten::flip')
               and weight_shape in [list(s) for s in e.input_shapes]]
     convs = [e.count for e in prof.key_averages() if e.key == 'aten::convolution']
-    assert convs == [4]  # encode, decode and the two learner convs
+    # forward: encode, decode and the two learner convs; backward: the coder recomputes its code and
+    # applies the decoder's adjoint (x needs no gradient here); the rest is convolution_backward
+    assert convs == [6]
     assert copies == []
+
+
+@pytest.mark.parametrize('kernel_size, dilation, gain, memory_format', [
+    (1, 1, 0.3, torch.contiguous_format), (1, 1, 0.3, torch.channels_last),  # convolutions / matrix products
+    (3, 1, 1.0, torch.contiguous_format), (3, 2, 0.5, torch.channels_last)])
+def test_relu_coder_gradcheck(kernel_size, dilation, gain, memory_format):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
+    weight = torch.randn(2, 3, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
+    padding = dilation * (kernel_size - 1) // 2
+    assert torch.autograd.gradcheck(lambda x, w: relu_coder(x, w, gain, padding, dilation), (x, weight))
+    kernel = weight * gain
+    want = F.conv_transpose2d(F.relu(F.conv2d(x, kernel, None, 1, padding, dilation)), kernel, None, 1, padding,
+                              0, 1, dilation)
+    torch.testing.assert_close(relu_coder(x, weight, gain, padding, dilation), want)
+
+
+def saved_feature_maps(module, x):
+    """Bytes autograd saves for backward in one forward (parameters excluded, each storage once)."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return sum(saved.values())
+
+
+def test_coder_saves_no_feature_map_of_its_own():
+    """With the recomputing coder a PNNH block keeps what timm's residual BasicBlock keeps."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8)
+    pnnh, residual = PnnhBasicBlock(16, 16).train(), BasicBlock(16, 16).train()
+    recomputing = saved_feature_maps(pnnh, x)
+    pnnh.coder.recompute = False
+    autograd_form = saved_feature_maps(pnnh, x)
+    assert recomputing <= saved_feature_maps(residual, x)
+    # autograd keeps the activated code (one C-wide map) and E = gain * weight
+    assert autograd_form - recomputing == (x.numel() + pnnh.coder.weight.numel()) * 4
+
+
+@pytest.mark.parametrize('coder_kernel', [1, 3])  # matrix products / convolutions
+def test_recompute_matches_autograd_form_in_channels_last_and_bf16(coder_kernel):
+    torch.manual_seed(0)
+    model = timm.create_model('pnnh_resnet20', coder_kernel=coder_kernel).train().to(memory_format=torch.channels_last)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.0)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    coders = [m.coder for m in model.modules() if isinstance(m, PnnhBasicBlock)]
+    for dtype in (torch.float32, torch.bfloat16):
+        results = []
+        for recompute in (True, False):
+            for coder in coders:
+                coder.recompute = recompute
+            with torch.autocast('cpu', dtype, enabled=dtype != torch.float32):
+                loss = model(x).float().logsumexp(1).mean()
+            loss.backward()
+            results.append((loss.detach(), coders[0].weight.grad.clone(), coders[-1].weight.grad.clone(),
+                            model.conv1.weight.grad.clone()))
+            model.zero_grad()
+        tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=2e-3)
+        for got, want in zip(*results):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, **tol)
+
+
+def test_pnnh_resnet_compiles_to_one_graph():
+    torch._dynamo.reset()
+    model = timm.create_model('pnnh_resnet20').train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

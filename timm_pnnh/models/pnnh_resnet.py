@@ -33,6 +33,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
 
+from timm_pnnh.models import coder_ops
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
 from timm_pnnh.models._factory import (
@@ -89,7 +90,12 @@ class _Coder(nn.Module):
     ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
     encoder and decoder share. ``weight``: a Parameter to use instead of a new one (``coder_sharing='stage'``:
     the blocks of a stage hold the same one; the first block initialised it).
+
+    ``code(x, act)`` is the coder's output. A ReLU coder without norm runs as one operation that
+    recomputes its code in backward instead of saving it (``coder_ops.relu_coder``, ``recompute``
+    True); any other coder, or ``recompute = False``, runs as autograd's encode -> act -> decode.
     """
+    recompute = True
 
     def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
                  norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, weight: Optional[nn.Parameter] = None,
@@ -128,6 +134,17 @@ class _Coder(nn.Module):
     def decode(self, z: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         kernel = self.kernel() if kernel is None else kernel
         return F.conv_transpose2d(z, kernel, None, 1, self.padding, 0, 1, self.dilation)
+
+    def code(self, x: torch.Tensor, act: nn.Module, act2: Optional[nn.Module] = None) -> torch.Tensor:
+        """``adj(E) act2(act(N_c(E x)))`` (``act2`` none if not given)."""
+        acts = (act,) if act2 is None else (act, act2)
+        if self.recompute and coder_ops.recompute_applies(self.norm, *acts):
+            return coder_ops.relu_coder(x, self.weight, self.gain, self.padding, self.dilation)
+        kernel = self.kernel()
+        code = self.encode(x, kernel)
+        for a in acts:
+            code = a(code)
+        return self.decode(code, kernel)
 
     def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
@@ -271,6 +288,11 @@ class PnnhBasicBlock(nn.Module):
         residual block's multiply-adds (2x with the default C-wide coder, 1x with
         ``coder_ratio + learner_ratio = 1``), against ``C_l / C + C_c / (9 C)`` for the summed form:
         plain, but not cheaper, unless the coder and learner share the width.
+
+        This exact fold is the deployed form (what timm's ``reparameterize_model`` and
+        ``validate.py --reparam`` produce): it holds for every input. Narrower forms are opt-in:
+        ``timm_pnnh.prune.prune_dead_channels`` removes hidden channels that carry nothing (exactly
+        from the weights, or on calibration data at an accuracy cost to be measured).
         """
         if self.plain is not None:
             return
@@ -293,8 +315,11 @@ class PnnhBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None
             return self.plain(x)
-        kernel = self.coder.kernel()
-        coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
+            kernel = self.coder.kernel()
+            coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
+        else:
+            coded = self.coder.code(x, self.act1)
         learned = self.conv1(x)
         learned = self.bn1(learned)
         learned = self.drop_block(learned)
@@ -433,8 +458,11 @@ class PnnhBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None
             return self.plain(x)
-        kernel = self.coder.kernel()
-        coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
+            kernel = self.coder.kernel()
+            coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
+        else:
+            coded = self.coder.code(x, self.act1, self.coder_act2)
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)

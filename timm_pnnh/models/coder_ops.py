@@ -1,0 +1,111 @@
+"""The PNNH coder ``adj(E) relu(E x)`` as one autograd operation that keeps no code for backward.
+
+Written with autograd, the coder ``conv_transpose2d(relu(conv2d(x, E)), E)`` saves its activated
+code ``relu(E x)`` (a C_c-channel feature map per block) for the backward of ``relu`` and of the
+transposed convolution. ``relu_coder`` saves only ``x`` and the weight: ``x`` is saved anyway by the
+learner's first convolution, which reads the same tensor, so the coder adds no activation memory
+and a PNNH block keeps what a residual block keeps. Backward recomputes ``z = conv2d(x, E)`` (one
+more C -> C_c convolution) and takes the ReLU mask from it.
+
+With ``g`` the ``coder_lr_scale`` gain (``E = g * weight``, see ``timm_pnnh.models.pnnh_resnet._Coder``) the
+operation scales the weight inside, so the training graph holds no ``weight * g`` node; and since
+``E`` appears twice::
+
+    d loss / d E = dW[conv2d](x, dz)  +  dW[conv2d](dy, relu(z))     (encoder + decoder term)
+    dz = relu'(z) * conv2d(dy, E),   d loss / d x = conv_transpose2d(dz, E),   d / d weight = g * d / d E
+
+where ``dy`` is the gradient of the coder's output. Only the ReLU coder without a coder norm takes
+this path (``recompute_applies``): with a BatchNorm on the code, recomputing would need the norm's
+batch statistics again and save as much as it spares, and other activations would need their own
+derivative; those coders keep the plain autograd form.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import register_notrace_function
+
+__all__ = ['relu_coder', 'recompute_applies']
+
+
+def recompute_applies(norm: nn.Module, *acts: nn.Module) -> bool:
+    """True when the coder is ``adj(E) relu(E x)``: no coder norm, ReLU, and any further act an identity."""
+    return (isinstance(norm, nn.Identity) and isinstance(acts[0], nn.ReLU)
+            and all(isinstance(a, (nn.Identity, nn.ReLU)) for a in acts[1:]))
+
+
+def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: torch.Tensor, padding: int, dilation: int):
+    """Gradient of ``conv2d(x, kernel)`` w.r.t. ``kernel`` for the output gradient ``grad_out``."""
+    return torch.ops.aten.convolution_backward(grad_out, x, kernel, None, [1, 1], [padding] * 2, [dilation] * 2,
+                                               False, [0, 0], 1, [False, True, False])[1]
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """An (N, C, H, W) tensor as an (N*H*W, C) matrix: a view when ``t`` is channels_last."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``_rows``: (N*H*W, C) back to (N, C, H, W), channels_last."""
+    n, _, h, w = like.shape
+    return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _ReluCoder(torch.autograd.Function):
+    """A 1x1 coder on a channels_last input runs as matrix products over the pixels (the same
+    arithmetic as a 1x1 convolution, without the convolution's per-call overhead, which dominates
+    at 16-64 channels); anything else as convolutions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, gain: float, padding: int, dilation: int):
+        ctx.gain, ctx.padding, ctx.dilation = gain, padding, dilation
+        ctx.rows = weight.shape[-1] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.autocast = x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type)
+        ctx.save_for_backward(x, weight)
+        kernel = weight * gain if gain != 1.0 else weight
+        if ctx.rows:
+            matrix = kernel.flatten(1)
+            return _image((_rows(x) @ matrix.t()).relu_() @ matrix, x)
+        code = F.conv2d(x, kernel, None, 1, padding, dilation).relu_()
+        return F.conv_transpose2d(code, kernel, None, 1, padding, 0, 1, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        gain, p, d = ctx.gain, ctx.padding, ctx.dilation
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        grad_x = grad_weight = None
+        with torch.autocast(*ctx.autocast[:1], dtype=ctx.autocast[2], enabled=ctx.autocast[1]):  # forward's precision
+            kernel = weight * gain if gain != 1.0 else weight
+            if ctx.rows:
+                matrix, x_rows, grad_rows = kernel.flatten(1), _rows(x), _rows(grad_out)
+                code = (x_rows @ matrix.t()).relu_()  # recomputed, not saved
+                grad_z = torch.ops.aten.threshold_backward(grad_rows @ matrix.t(), code, 0)
+                if need_x:
+                    grad_x = _image(grad_z @ matrix, x)
+                if need_weight:  # decoder term + encoder term
+                    grad_weight = torch.addmm(code.t() @ grad_rows.to(code.dtype), grad_z.t(), x_rows.to(code.dtype))
+            else:
+                code = F.conv2d(x, kernel, None, 1, p, d).relu_()  # recomputed, not saved
+                grad_code = F.conv2d(grad_out, kernel, None, 1, p, d)  # the decoder's adjoint
+                grad_z = torch.ops.aten.threshold_backward(grad_code, code, 0)
+                if need_x:
+                    grad_x = F.conv_transpose2d(grad_z, kernel, None, 1, p, 0, 1, d)
+                if need_weight:
+                    grad_z, x_, grad_out_, code, kernel = (t.to(grad_code.dtype) for t in (grad_z, x, grad_out, code, kernel))
+                    grad_weight = _weight_grad(x_, grad_z, kernel, p, d).add_(_weight_grad(grad_out_, code, kernel, p, d))
+        if grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape).mul_(gain).to(weight.dtype)
+        return grad_x, grad_weight, None, None, None
+
+
+@register_notrace_function  # one leaf call in timm's feature-extraction trace
+@torch.fx.wrap  # and in torch.fx.symbolic_trace, when called as ``coder_ops.relu_coder``
+def relu_coder(x: torch.Tensor, weight: torch.Tensor, gain: float = 1.0, padding: int = 0,
+               dilation: int = 1) -> torch.Tensor:
+    """``conv_transpose2d(relu(conv2d(x, E)), E)`` with ``E = gain * weight``, stride 1, 'same' padding.
+
+    Equal to the autograd form in value and gradient; saves only ``x`` and ``weight`` for backward.
+    """
+    return _ReluCoder.apply(x, weight, float(gain), padding, dilation)
