@@ -3,11 +3,16 @@
 Each sub-command lives in its own module, which exposes ``register(subparsers)``: it adds its parser
 and sets ``func`` (called with the parsed arguments, returning an exit code). Add a sub-command by
 adding its module to ``COMMAND_MODULES``.
+
+A user error (``timm_pnnh.errors.UsageError``) ends the command with one line on stderr in argparse's
+style, ``timm-pnnh COMMAND: error: MESSAGE``, and exit code 2; any other exception keeps its traceback.
 """
 import argparse
 import importlib
 import sys
 from typing import List, Optional
+
+from timm_pnnh.errors import UsageError, check_data_dir, check_output_dir
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
@@ -30,9 +35,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_study_arguments(args) -> None:
+    """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
+    from timm_pnnh.study import resolve_preset
+    for name in ('steps', 'batch_size'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f'--{name.replace("_", "-")}={value} is not allowed: it must be >= 1')
+    try:
+        resolve_preset(args)
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_data_dir('--data-dir', args.data_dir)
+    if args.out is not None:
+        check_output_dir('--out', args.out)
+
+
+ARGUMENT_CHECKS = {'study': check_study_arguments}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        if args.command in ARGUMENT_CHECKS:
+            ARGUMENT_CHECKS[args.command](args)
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        message = ' '.join(line.strip() for line in str(err).splitlines())
+        print(f'timm-pnnh {args.command}: error: {message}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':
