@@ -6,7 +6,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from timm_pnnh.files import write_between_markers
+from timm_pnnh.errors import UsageError
+from timm_pnnh.files import check_markers, write_between_markers
 from timm_pnnh.models import registered_models
 
 
@@ -43,8 +44,9 @@ TABLE_MARKERS = ('<!-- models-table:start -->', '<!-- models-table:end -->')
 def run(args) -> int:
     names = registered_models(args.filter)
     if not names:
-        print(f'no registered model matches --filter {args.filter!r}')
-        return 1
+        raise UsageError(f'--filter={args.filter!r} matches no registered model; see `timm-pnnh models --names-only`')
+    if args.write_readme:
+        check_markers(args.write_readme, TABLE_MARKERS)
     if args.names_only:
         print('\n'.join(names))
         return 0

@@ -9,10 +9,12 @@ style, ``timm-pnnh COMMAND: error: MESSAGE``, and exit code 2; any other excepti
 """
 import argparse
 import importlib
+import json
+import os
 import sys
 from typing import List, Optional
 
-from timm_pnnh.errors import UsageError, check_data_dir, check_output_dir
+from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
@@ -37,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_study_arguments(args) -> None:
     """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
+    from timm_pnnh.bench import check_device
+    from timm_pnnh.data import require_fashion_mnist
     from timm_pnnh.study import resolve_preset
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ValueError as e:
+            raise UsageError(f'--device={args.device!r}: {str(e).split(": ", 1)[-1]}') from None
     for name in ('steps', 'batch_size'):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -48,12 +57,34 @@ def check_study_arguments(args) -> None:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
-    check_data_dir('--data-dir', args.data_dir)
+    require_fashion_mnist(args.data_dir)
     if args.out is not None:
         check_output_dir('--out', args.out)
 
 
-ARGUMENT_CHECKS = {'study': check_study_arguments}
+STUDY_KEYS = ('command', 'date', 'hardware', 'recipe', 'seeds', 'data', 'wall_seconds', 'plots', 'summary')
+
+
+def check_report_arguments(args) -> None:
+    """The ``report`` values: ``--from`` a study.json, ``--write-readme`` a file with the Results markers."""
+    from timm_pnnh.files import check_markers
+    from timm_pnnh.report import MARKERS
+    check_input_file('--from', args.source)
+    try:
+        with open(args.source, encoding='utf-8') as f:
+            study = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f'--from={args.source!r} is not a JSON file ({e}); give the study.json of `timm-pnnh study`') from None
+    missing = [k for k in STUDY_KEYS if k not in study] if isinstance(study, dict) else list(STUDY_KEYS)
+    if missing:
+        raise UsageError(f'--from={args.source!r} is not a study.json of `timm-pnnh study`: no {", ".join(missing)}')
+    if args.write_readme:
+        check_markers(args.write_readme, MARKERS)
+        if args.plots_dir is not None:
+            check_output_dir('--plots-dir', os.path.join(os.path.dirname(args.write_readme), args.plots_dir))
+
+
+ARGUMENT_CHECKS = {'study': check_study_arguments, 'report': check_report_arguments}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

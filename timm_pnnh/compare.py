@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from timm_pnnh.data import load_fashion_mnist
-from timm_pnnh.errors import UsageError, check_data_dir, check_model, check_number
+from timm_pnnh.data import load_fashion_mnist, require_fashion_mnist
+from timm_pnnh.errors import UsageError, check_model, check_number
 from timm_pnnh.training import Recipe, train_and_evaluate
 
 DEFAULT_MODELS = ('pnnh_resnet20', 'plain_resnet20', 'cifar_resnet20')
@@ -17,22 +17,13 @@ def check_arguments(args) -> None:
     check_number('--epochs', args.epochs, above=0)
     check_number('--batch-size', args.batch_size, minimum=1)
     check_number('--lr', args.lr, minimum=0)
-    check_data_dir('--data-dir', args.data_dir)
-
-
-def load_data(data_dir):
-    """Fashion-MNIST train and test; a missing dataset is a UsageError naming --data-dir."""
-    try:
-        return load_fashion_mnist(data_dir, train=True), load_fashion_mnist(data_dir, train=False)
-    except FileNotFoundError as err:
-        missing = str(err).splitlines()[-1]
-        raise UsageError(f'--data-dir={data_dir!r}: Fashion-MNIST not found ({missing}); install Debian\'s '
-                         'dataset-fashion-mnist package or put the IDX files in DATA_DIR/FashionMNIST/raw') from None
+    require_fashion_mnist(args.data_dir)
 
 
 def run(args) -> int:
     check_arguments(args)
-    (train_images, train_labels), test = load_data(args.data_dir)
+    train_images, train_labels = load_fashion_mnist(args.data_dir, train=True)
+    test = load_fashion_mnist(args.data_dir, train=False)
     if not 0 < args.train_size <= len(train_images):
         raise UsageError(f'--train-size={args.train_size} is not allowed: it must be in [1, {len(train_images)}]')
     subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:args.train_size]

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 import timm
 import torch
 
-__all__ = ['UsageError', 'check_model', 'check_input_file', 'check_data_dir', 'check_output_dir', 'check_number',
+__all__ = ['UsageError', 'check_model', 'check_input_file', 'check_output_dir', 'check_number',
            'read_checkpoint', 'load_weights']
 
 
@@ -44,13 +44,6 @@ def check_input_file(arg: str, path: str) -> str:
         raise UsageError(f'{arg}={path!r} is not a file')
     if not os.access(path, os.R_OK):
         raise UsageError(f'{arg}={path!r}: the file is not readable (permission denied)')
-    return path
-
-
-def check_data_dir(arg: str, path: Optional[str]) -> Optional[str]:
-    """``path`` if it is None (look in the default places) or an existing folder."""
-    if path is not None and not os.path.isdir(path):
-        raise UsageError(f'{arg}={path!r}: no such folder (give the folder that holds FashionMNIST/raw, or leave it out)')
     return path
 
 
