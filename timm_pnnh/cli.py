@@ -14,7 +14,7 @@ import os
 import sys
 from typing import List, Optional
 
-from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
+from timm_pnnh.errors import UsageError, check_input_file, check_output_dir, check_output_file
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
@@ -84,7 +84,13 @@ def check_report_arguments(args) -> None:
             check_output_dir('--plots-dir', os.path.join(os.path.dirname(args.write_readme), args.plots_dir))
 
 
-ARGUMENT_CHECKS = {'study': check_study_arguments, 'report': check_report_arguments}
+def check_bench_arguments(args) -> None:
+    """``bench --json``: a file that can be written (the models and numbers are checked while parsing)."""
+    if args.json:
+        check_output_file('--json', args.json)
+
+
+ARGUMENT_CHECKS = {'study': check_study_arguments, 'report': check_report_arguments, 'bench': check_bench_arguments}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 import timm
 import torch
 
-__all__ = ['UsageError', 'check_model', 'check_input_file', 'check_output_dir', 'check_number',
+__all__ = ['UsageError', 'check_model', 'check_input_file', 'check_output_dir', 'check_output_file', 'check_number',
            'read_checkpoint', 'load_weights']
 
 
@@ -56,6 +56,14 @@ def check_output_dir(arg: str, path: str) -> str:
         raise UsageError(f'{arg}={path!r}: {probe!r} exists and is not a folder')
     if not os.access(probe, os.W_OK):
         raise UsageError(f'{arg}={path!r}: {probe!r} is not writable (permission denied)')
+    return path
+
+
+def check_output_file(arg: str, path: str) -> str:
+    """``path`` if a file can be written there (not a folder; its folder exists or can be made)."""
+    if os.path.isdir(path):
+        raise UsageError(f'{arg}={path!r} is a folder; give a file name')
+    check_output_dir(arg, os.path.dirname(os.path.abspath(path)))
     return path
 
 
