@@ -29,3 +29,20 @@ def fake_fashion_mnist(tmp_path, monkeypatch):
         write_idx(debian / f'{split}-labels-idx1-ubyte.gz', labels)
     monkeypatch.setattr(data, 'DEBIAN_DIR', debian)
     return tmp_path / 'root'
+
+
+@pytest.fixture
+def usage_error(capsys):
+    """``usage_error(argv)``: run ``timm-pnnh argv``, check it ends as a user error (exit code 2, one
+    line ``timm-pnnh COMMAND: error: ...`` on stderr, no traceback) and return the message."""
+    from timm_pnnh.cli import main
+
+    def run(argv):
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2, f'exit code {code}, stderr: {err}'
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f'timm-pnnh {argv[0]}: error: '), err
+        return lines[0][len(f'timm-pnnh {argv[0]}: error: '):]
+    return run

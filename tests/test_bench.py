@@ -108,3 +108,27 @@ def test_model_specs_carry_knobs_and_reference(tmp_path):
 def test_bad_model_spec(spec, message):
     with pytest.raises(ValueError, match=message):
         bench.parse_model(spec)
+
+
+def test_timing_ratios_are_the_median_of_paired_ratios(monkeypatch):
+    """Three repeats with a fake clock: pnnh takes 1, 2, 3 s per run and the reference 3, 1, 2 s. The
+    paired ratios (reference time / pnnh time) are 3, 0.5, 2/3: their median is 2/3, while the ratio
+    of the median figures would be 1 and their mean 1.39."""
+    durations = {'pnnh_resnet20': [1.0, 2.0, 3.0], 'cifar_resnet20': [3.0, 1.0, 2.0]}
+    runs = [durations[name][r] for r in range(3) for name in durations]  # the models take turns in a repeat
+    clock = {'now': 0.0, 'calls': 0}
+
+    def perf_counter():
+        clock['calls'] += 1
+        if clock['calls'] % 2 == 0:  # every second call ends a timed run
+            clock['now'] += runs[(clock['calls'] // 2 - 1) % len(runs)]
+        return clock['now']
+
+    monkeypatch.setattr(bench.time, 'perf_counter', perf_counter)
+    report = bench.benchmark(list(durations), batch_size=2, repeats=3, steps=1, warmup=0)
+    for key in ('train_img_s', 'infer_img_s', 'deploy_img_s'):
+        assert report['results']['pnnh_resnet20'][key + '_runs'] == pytest.approx([2.0, 1.0, 2 / 3])
+        assert report['results']['pnnh_resnet20'][key] == pytest.approx(1.0)
+        assert report['results']['cifar_resnet20'][key] == pytest.approx(1.0)
+        assert report['ratios']['pnnh_resnet20'][key] == pytest.approx(2 / 3)
+        assert report['ratios']['cifar_resnet20'][key] == 1.0

@@ -6,6 +6,7 @@ timm's own ``CheckpointSaver`` (the train.py checkpoint format, EMA included). H
 subprocess, because huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` at import.
 """
 import argparse
+import fractions
 import hashlib
 import http.server
 import json
@@ -199,6 +200,10 @@ def _drop_key(state):
     del state['state_dict']['bn1.weight']
 
 
+def _python_object(state):
+    state['metric_history'] = fractions.Fraction(1, 3)  # not a tensor or container: unpickling it runs code
+
+
 def _arch(name):
     def change(state):
         state['arch'] = name
@@ -212,24 +217,39 @@ def _arch(name):
     (_arch('pnnh_resnet56.fmnist'), (), 'the checkpoint does not match pnnh_resnet56.fmnist: .* missing keys'),
     (None, ('--model', 'pnnh_resnet56.fmnist'), 'the checkpoint was trained as pnnh_resnet20.fmnist'),
     (None, ('--model', 'pnnh_resnet20.cifar10'), 'the checkpoint does not match pnnh_resnet20.cifar10: 1 shape'),
+    (None, ('--checkpoint', 'missing.pth.tar'), "--checkpoint='missing.pth.tar': no such file"),
+    (_python_object, (), r"--checkpoint='.*changed.pth.tar' holds Python objects other than tensors.*--unsafe-pickle"),
     (_drop_key, (), r"does not match pnnh_resnet20.fmnist: 1 missing keys \['bn1.weight'\]"),
     (_five_classes, (), 'num_classes mismatch: .* fc.weight has 5 classes, pnnh_resnet20.fmnist has num_classes=10'),
     (_nan, (), r"non-finite values .* \['layer1.0.conv1.weight'\]"),
     (None, ('--model', 'pnnh_resnet20.imagenet'), "tag 'imagenet' has no pretrained cfg; tags of pnnh_resnet20: "
                                                   "cifar10, fmnist"),
 ])
-def test_publish_refuses_and_writes_nothing(source, tmp_path, capsys, change, extra, message):
+def test_publish_refuses_and_writes_nothing(source, tmp_path, usage_error, change, extra, message):
     args = _publish_args(source, tmp_path / 'out', *extra)
     if change is not None:
         args[args.index('--checkpoint') + 1] = str(_corrupt(source, tmp_path, change))
-    with pytest.raises(SystemExit) as e:
-        cli_main(args)
-    assert e.value.code.startswith('timm-pnnh publish: error: ')
-    assert re.search(message, e.value.code), e.value.code
+    error = usage_error(args)
+    assert re.search(message, error), error
     assert sorted(p.name for p in tmp_path.iterdir()) == (['changed.pth.tar'] if change else [])
 
 
-def test_publish_refuses_results_of_another_model_and_a_failed_validation(source, tmp_path):
+def test_publish_reads_a_checkpoint_with_python_objects_only_with_unsafe_pickle(source, tmp_path, usage_error):
+    args = _publish_args(source, tmp_path / 'out')
+    args[args.index('--checkpoint') + 1] = str(_corrupt(source, tmp_path, _python_object))
+    assert 'give --unsafe-pickle' in usage_error(args)
+    assert cli_main(args + ['--unsafe-pickle']) == 0
+
+
+def test_publish_refuses_a_damaged_checkpoint(source, tmp_path, usage_error):
+    damaged = tmp_path / 'damaged.pth.tar'
+    damaged.write_bytes(Path(source['checkpoint']).read_bytes()[:1000])
+    args = _publish_args(source, tmp_path / 'out')
+    args[args.index('--checkpoint') + 1] = str(damaged)
+    assert re.fullmatch(rf"--checkpoint='{damaged}' is not a readable PyTorch checkpoint \(.*\)", usage_error(args))
+
+
+def test_publish_refuses_results_of_another_model_and_a_failed_validation(source, tmp_path, usage_error):
     other = timm.create_model('pnnh_resnet56.fmnist').eval()
     x, y = torch.randn(2, 1, 28, 28), torch.tensor([0, 1])
     wrong_model = _validate_results(other, tmp_path / 'r56.json', x, y, name='pnnh_resnet56.fmnist')
@@ -244,17 +264,15 @@ def test_publish_refuses_results_of_another_model_and_a_failed_validation(source
                              (tmp_path / 'failed.json', 'validation of pnnh_resnet20 failed: CUDA out of memory')]:
         args = _publish_args(source, tmp_path / 'out')
         args[args.index('--results') + 1] = str(results)
-        with pytest.raises(SystemExit, match=message):
-            cli_main(args)
+        assert re.search(message, usage_error(args))
         assert not (tmp_path / 'out').exists()
 
 
-def test_publish_needs_overwrite_for_a_non_empty_folder_and_then_replaces_it(source, tmp_path):
+def test_publish_needs_overwrite_for_a_non_empty_folder_and_then_replaces_it(source, tmp_path, usage_error):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'keep.txt').write_text('old')
-    with pytest.raises(SystemExit, match='folder is not empty .*--overwrite'):
-        cli_main(_publish_args(source, out))
+    assert re.search('folder is not empty .*--overwrite', usage_error(_publish_args(source, out)))
     assert [p.name for p in out.iterdir()] == ['keep.txt']
     assert cli_main(_publish_args(source, out, '--overwrite')) == 0
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
@@ -428,7 +446,9 @@ def test_hub_download_then_offline_cache_load(source, tmp_path):
 
 
 def test_model_card_template_states_which_weights_exist():
-    template = (ROOT / 'MODEL_CARD.md').read_text()
+    template = hub.DEFAULT_TEMPLATE.read_text()
+    assert hub.DEFAULT_TEMPLATE.parent == Path(timm_pnnh.__file__).parent  # package data, in a wheel too
+    assert (ROOT / 'MODEL_CARD.md').read_text() == template
     assert ('**Which weights exist: none yet.**' in template) == (not _cfgs.PUBLISHED)
     for name in _cfgs.PUBLISHED:
         assert f'`{name}`' in template, f'{name} is published but MODEL_CARD.md does not say so'

@@ -49,29 +49,48 @@ def test_no_add_takes_a_stride1_block_input(name):
             assert inp not in node.args, f'{name}: an add takes the block input as an operand'
 
 
-@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50'])
-def test_decoder_runs_on_the_encoders_storage(name):
-    """conv2d (encoder) and conv_transpose2d (decoder) receive the very same weight storage."""
-    block = pnnh_blocks(timm.create_model(name))[0]
-    weights = {}
+def _coder_weights_in_a_step(block, grad=True):
+    """One forward and backward of ``block``: the weight tensors conv2d / conv_transpose2d receive, and
+    every tensor of the coder weight's shape that an operation makes (references kept, so that no
+    address is reused and ``is`` compares tensors, not addresses)."""
+    weight = block.coder.weight
+    used, made = {}, []
 
     class Record(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
             if func in (F.conv2d, F.conv_transpose2d) and args[1].dim() == 4:
-                weights.setdefault(func.__name__, []).append(args[1].data_ptr())
-            return func(*args, **(kwargs or {}))
+                used.setdefault(func.__name__, []).append(args[1])
+            if isinstance(out, torch.Tensor) and out.shape == weight.shape and out is not weight:
+                made.append(out)
+            return out
 
-    with Record():
-        block(torch.relu(torch.randn(1, block.coder.weight.shape[1], 8, 8)))
-    (decoder,) = weights['conv_transpose2d']
-    assert decoder in weights['conv2d']  # encoder and decoder: one tensor
+    x = torch.relu(torch.randn(1, weight.shape[1], 8, 8))
+    with Record(), torch.set_grad_enabled(grad):
+        out = block(x)
+    if grad:
+        out.sum().backward()
+    return used, made
+
+
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50'])
+@pytest.mark.parametrize('grad', [True, False])
+def test_decoder_runs_on_the_encoders_tensor(name, grad):
+    """conv2d (encoder) and conv_transpose2d (decoder) receive the very same weight tensor. With
+    ``coder_lr_scale`` = s < 1 that tensor is ``sqrt(s) * weight``, made once per step (the one
+    weight-sized tensor a step makes); with s = 1 it is the Parameter itself and no copy is made."""
+    block = pnnh_blocks(timm.create_model(name))[0]
     assert sum(p is block.coder.weight for p in block.parameters()) == 1
+    used, made = _coder_weights_in_a_step(block, grad)
+    (decoder,) = used['conv_transpose2d']
+    assert any(decoder is w for w in used['conv2d'])  # encoder and decoder: one tensor
+    assert len(made) == 1 and made[0] is decoder
+    torch.testing.assert_close(decoder, block.coder.weight * block.coder.gain)
     unscaled = pnnh_blocks(timm.create_model(name, coder_lr_scale=1.0))[0]
-    weights.clear()
-    with Record():
-        unscaled(torch.relu(torch.randn(1, unscaled.coder.weight.shape[1], 8, 8)))
-    assert weights['conv_transpose2d'] == [unscaled.coder.weight.data_ptr()]  # the Parameter's own storage
-    assert unscaled.coder.weight.data_ptr() in weights['conv2d']
+    used, made = _coder_weights_in_a_step(unscaled, grad)
+    assert len(used['conv_transpose2d']) == 1 and used['conv_transpose2d'][0] is unscaled.coder.weight
+    assert any(w is unscaled.coder.weight for w in used['conv2d'])
+    assert made == []  # no copy of the coder weight
 
 
 @pytest.mark.parametrize('lr_scale', [1.0, 0.1, 0.01])

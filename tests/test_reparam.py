@@ -223,3 +223,21 @@ def test_folded_model_round_trips_through_a_file_and_create_model(name, tmp_path
 def test_inference_mode_rejects_a_non_bool():
     with pytest.raises(ValueError, match="inference_mode='yes' is not allowed: it must be True or False"):
         timm.create_model('pnnh_resnet20', inference_mode='yes')
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(coder_kernel=3, coder_norm=True)], ids=['default', 'coder_kernel=3'])
+@pytest.mark.parametrize('output_stride', [8, 16])
+@pytest.mark.parametrize('name', ['pnnh_resnet18', 'pnnh_resnet50'])
+def test_dilated_blocks_fold_exactly(name, output_stride, kwargs):
+    """``output_stride`` < 32 dilates the last stages' convolutions (coder included); the folded plain
+    convs keep each dilation and padding, so the deployed net is the same function."""
+    ref, fused, model, x = logits_pair(name, size=32, output_stride=output_stride, **kwargs)
+    deployed = reparameterize_model(model)
+    assert_no_pnnh_blocks_left(deployed)
+    for net in (model, deployed):  # dilated, and folded with its dilations
+        dilations = {m.dilation[0] for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1}
+        assert max(dilations) == 32 // output_stride
+    assert ref.std() > 1e-2
+    assert (ref - fused).abs().max().item() <= 1e-4
+    with torch.no_grad():
+        assert (deployed(x) - ref).abs().max().item() <= 1e-4

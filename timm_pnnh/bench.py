@@ -321,7 +321,7 @@ def _arg(check):
     return parse
 
 
-def _int_arg(name: str, minimum: int):
+def int_arg(name: str, minimum: int):
     def check(text: str) -> int:
         try:
             value = int(text)
@@ -345,15 +345,15 @@ def register(subparsers) -> None:
                         help='timm model name, e.g. pnnh_resnet56, or NAME:key=value,... (pnnh_resnet56:learner_ratio=0.5)')
     parser.add_argument('--vs', action='append', default=[], type=_arg(_model_arg),
                         help='a model to compare with (repeatable); ratios are to the first one')
-    parser.add_argument('--batch-size', type=_int_arg('--batch-size', 1), default=32)
-    parser.add_argument('--img-size', type=_int_arg('--img-size', 1), default=None,
+    parser.add_argument('--batch-size', type=int_arg('--batch-size', 1), default=32)
+    parser.add_argument('--img-size', type=int_arg('--img-size', 1), default=None,
                         help="input height and width (default: the --model's default input size)")
     parser.add_argument('--device', type=_arg(lambda t: str(check_device(t))), default='cpu', help="'cpu' or 'cuda'")
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format (for the GPU)')
     parser.add_argument('--amp', choices=sorted(AMP_DTYPES), default=None, help='autocast to this dtype')
     parser.add_argument('--compile', action='store_true', help='torch.compile every form (train, eval, deployed)')
-    parser.add_argument('--repeats', type=_int_arg('--repeats', 1), default=5, help='timed runs; the median is kept')
-    parser.add_argument('--steps', type=_int_arg('--steps', 1), default=5, help='steps per timed run')
-    parser.add_argument('--warmup', type=_int_arg('--warmup', 0), default=2, help='untimed steps before timing')
+    parser.add_argument('--repeats', type=int_arg('--repeats', 1), default=5, help='timed runs; the median is kept')
+    parser.add_argument('--steps', type=int_arg('--steps', 1), default=5, help='steps per timed run')
+    parser.add_argument('--warmup', type=int_arg('--warmup', 0), default=2, help='untimed steps before timing')
     parser.add_argument('--json', default=None, help='also write the full report (every run) to this JSON file')
     parser.set_defaults(func=run)

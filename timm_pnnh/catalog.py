@@ -6,7 +6,8 @@ import timm
 import torch
 
 from timm_pnnh.bench import flops_per_image
-from timm_pnnh.files import markdown_table as write_table, write_between_markers
+from timm_pnnh.errors import UsageError
+from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers
 from timm_pnnh.models import family_of, registered_models
 
 
@@ -32,8 +33,9 @@ TABLE_MARKERS = ('<!-- models-table:start -->', '<!-- models-table:end -->')
 def run(args) -> int:
     names = registered_models(args.filter)
     if not names:
-        print(f'no registered model matches --filter {args.filter!r}')
-        return 1
+        raise UsageError(f'--filter={args.filter!r} matches no registered model; see `timm-pnnh models --names-only`')
+    if args.write_readme:
+        check_markers(args.write_readme, TABLE_MARKERS)
     if args.names_only:
         print('\n'.join(names))
         return 0

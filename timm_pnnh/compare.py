@@ -1,26 +1,32 @@
 """``timm-pnnh compare``: train a few models with one shared recipe on Fashion-MNIST, side by side."""
 import math
-import sys
 
 import torch
 
-from timm_pnnh.data import load_fashion_mnist
+from timm_pnnh.data import load_fashion_mnist, require_fashion_mnist
+from timm_pnnh.errors import UsageError, check_model, check_number
 from timm_pnnh.files import markdown_table
 from timm_pnnh.training import Recipe, train_and_evaluate
 
 DEFAULT_MODELS = ('pnnh_resnet20', 'plain_resnet20', 'cifar_resnet20')
 
 
+def check_arguments(args) -> None:
+    """Every value, before the data is read (a UsageError names the first bad one)."""
+    for name in args.models:
+        check_model('--models', name)
+    check_number('--epochs', args.epochs, above=0)
+    check_number('--batch-size', args.batch_size, minimum=1)
+    check_number('--lr', args.lr, minimum=0)
+    require_fashion_mnist(args.data_dir)
+
+
 def run(args) -> int:
-    try:
-        train_images, train_labels = load_fashion_mnist(args.data_dir, train=True)
-        test = load_fashion_mnist(args.data_dir, train=False)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 2
+    check_arguments(args)
+    train_images, train_labels = load_fashion_mnist(args.data_dir, train=True)
+    test = load_fashion_mnist(args.data_dir, train=False)
     if not 0 < args.train_size <= len(train_images):
-        print(f'--train-size={args.train_size} is not allowed: it must be in [1, {len(train_images)}]', file=sys.stderr)
-        return 2
+        raise UsageError(f'--train-size={args.train_size} is not allowed: it must be in [1, {len(train_images)}]')
     subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:args.train_size]
     train = (train_images[subset], train_labels[subset])
     recipe = Recipe(steps=math.ceil(args.epochs * args.train_size / args.batch_size), batch_size=args.batch_size, lr=args.lr)

@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from timm_pnnh.errors import UsageError
 from timm_pnnh.files import atomic_write
 from timm_pnnh.models._cfgs import FMNIST_MEAN, FMNIST_STD
 
@@ -61,6 +62,17 @@ def prepare_fashion_mnist(root: Optional[os.PathLike] = None, source: Optional[o
         with opener(src, 'rb') as fin:
             atomic_write(raw / name, lambda fout: shutil.copyfileobj(fin, fout), binary=True)
     return root
+
+
+def require_fashion_mnist(root: Optional[os.PathLike] = None) -> Path:
+    """``prepare_fashion_mnist(root)``; a dataset found nowhere is a UsageError naming ``--data-dir``."""
+    try:
+        return prepare_fashion_mnist(root)
+    except FileNotFoundError as err:
+        missing = str(err).splitlines()[-1]
+        raise UsageError(f'--data-dir={None if root is None else str(root)!r}: Fashion-MNIST not found ({missing}); '
+                         'install it with `apt-get install -y dataset-fashion-mnist` or put the IDX files in '
+                         'DATA_DIR/FashionMNIST/raw') from None
 
 
 def load_fashion_mnist(root: Optional[os.PathLike] = None, train: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:

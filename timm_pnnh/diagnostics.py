@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timm_pnnh.errors import (UsageError, check_input_file, check_model, check_number, check_output_dir,
+                              load_weights)
 from timm_pnnh.files import atomic_write, markdown_table, save_figure, write_json
 
 MEASURES = ('r2', 'cka', 'alive')
@@ -242,7 +244,7 @@ def diagnosis_images(batch_size: int, in_chans: int = 1, img_size: int = 28, dat
         noise = torch.randn(2 * batch_size, in_chans, img_size, img_size, generator=generator)
         return noise[:batch_size], noise[batch_size:], f'synthetic: seeded N(0, 1) images (seed {seed}; Fashion-MNIST not found)'
     if 2 * batch_size > len(images):
-        raise ValueError(f'batch_size={batch_size} is not allowed: two batches must fit in {len(images)} test images')
+        raise UsageError(f'batch_size={batch_size} is not allowed: two batches must fit in {len(images)} test images')
     images = images[torch.randperm(len(images), generator=generator)[:2 * batch_size]]
     if img_size != images.shape[-1]:
         images = F.interpolate(images, size=(img_size, img_size), mode='bilinear', align_corners=False)
@@ -304,28 +306,39 @@ def summary_table(results: Dict[str, List[Dict]]) -> str:
 # ------------------------------------------------------------------------------------------------ command
 
 def create_for_diagnosis(name: str, in_chans: int, img_size: int, num_classes: int,
-                         checkpoint: Optional[str] = None) -> nn.Module:
-    """``timm.create_model`` at ``in_chans``; ``img_size`` is passed to models that take one (ViTs)."""
-    if not timm.is_model(name):
-        raise ValueError(f'--model={name!r} is not a timm model (see `timm-pnnh models` or timm.list_models())')
+                         checkpoint: Optional[str] = None, unsafe_pickle: bool = False) -> nn.Module:
+    """``timm.create_model`` at ``in_chans``; ``img_size`` is passed to models that take one (ViTs).
+
+    ``checkpoint`` is read with ``errors.load_weights``: safetensors, or ``torch.load(weights_only=True)``
+    unless ``unsafe_pickle``.
+    """
+    check_model('--model', name)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans)
-    if checkpoint:
-        kwargs['checkpoint_path'] = checkpoint
     try:
-        return timm.create_model(name, img_size=img_size, **kwargs)
+        model = timm.create_model(name, img_size=img_size, **kwargs)
     except (TypeError, ValueError) as err:
         if 'img_size' not in str(err):
             raise
-    return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
+    if checkpoint:
+        load_weights(model, '--checkpoint', checkpoint, unsafe_pickle,
+                     hint=f' (is --model={name!r} with --num-classes={num_classes} the checkpoint\'s model?)')
+    return model
 
 
 def run(args) -> int:
     if args.checkpoint and len(args.checkpoint) != len(args.model):
-        raise ValueError(f'--checkpoint given {len(args.checkpoint)} times for {len(args.model)} --model: '
+        raise UsageError(f'--checkpoint given {len(args.checkpoint)} times for {len(args.model)} --model: '
                          'give one checkpoint per model, in the same order, or none')
-    for name in ('batch_size', 'img_size', 'in_chans'):
-        if getattr(args, name) < 1:
-            raise ValueError(f'--{name.replace("_", "-")}={getattr(args, name)} is not allowed: it must be >= 1')
+    for name in ('batch_size', 'img_size', 'in_chans', 'num_classes'):
+        check_number(f'--{name.replace("_", "-")}', getattr(args, name), minimum=1)
+    if args.alpha is not None:
+        check_number('--alpha', args.alpha, above=0)
+    for name in args.model:
+        check_model('--model', name)
+    for path in args.checkpoint or ():
+        check_input_file('--checkpoint', path)
+    check_output_dir('--out', args.out)
     fit_images, score_images, source = diagnosis_images(args.batch_size, args.in_chans, args.img_size, args.data_dir, args.seed)
     print(f'input: {source}; fit on {len(fit_images)}, scored on {len(score_images)} images of '
           f'{args.in_chans}x{args.img_size}x{args.img_size}')
@@ -333,7 +346,7 @@ def run(args) -> int:
     for i, name in enumerate(args.model):
         checkpoint = args.checkpoint[i] if args.checkpoint else None
         torch.manual_seed(args.seed)
-        model = create_for_diagnosis(name, args.in_chans, args.img_size, args.num_classes, checkpoint)
+        model = create_for_diagnosis(name, args.in_chans, args.img_size, args.num_classes, checkpoint, args.unsafe_pickle)
         label = name if checkpoint is None else f'{name} ({Path(checkpoint).name})'
         label = label if label not in results else f'{label} #{i}'
         results[label] = retention(model, fit_images, score_images, batch_stats=checkpoint is None, alpha=args.alpha)
@@ -358,6 +371,9 @@ def register(subparsers) -> None:
     parser.add_argument('--model', action='append', required=True, help='a timm model name; repeat for several')
     parser.add_argument('--checkpoint', action='append', default=None,
                         help='a checkpoint per --model, same order (default: the model at initialisation)')
+    parser.add_argument('--unsafe-pickle', action='store_true',
+                        help='allow checkpoints that need unpickling of Python objects (runs code from the file: '
+                             'only for files you trust); default: safetensors or torch.load(weights_only=True)')
     parser.add_argument('--img-size', type=int, default=28)
     parser.add_argument('--in-chans', type=int, default=1)
     parser.add_argument('--num-classes', type=int, default=10, help='classifier size (must match a checkpoint)')

@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO, Sequence
 
-__all__ = ['atomic_write', 'write_json', 'write_between_markers', 'save_figure', 'markdown_table']
+from timm_pnnh.errors import UsageError
+
+__all__ = ['atomic_write', 'write_json', 'check_markers', 'write_between_markers', 'save_figure', 'markdown_table']
 
 
 def atomic_write(path: os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
@@ -31,15 +33,22 @@ def write_json(path: os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=1))
 
 
-def write_between_markers(path: os.PathLike, markers: Sequence[str], body: str) -> None:
-    """Replace the text between the two ``markers`` lines of ``path`` (a README) with ``body``."""
+def check_markers(path: os.PathLike, markers: Sequence[str]) -> str:
+    """The text of ``path`` (a README given as ``--write-readme``) if it has the ``markers`` block."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f'--write-readme={str(path)!r}: no such file')
+        raise UsageError(f'--write-readme={str(path)!r}: no such file')
     text = path.read_text()
     start, end = (re.escape(m) for m in markers)
     if not re.search(f'{start}.*?{end}', text, re.S):
-        raise ValueError(f'--write-readme={str(path)!r}: the file has no {markers[0]} ... {markers[1]} block')
+        raise UsageError(f'--write-readme={str(path)!r}: the file has no {markers[0]} ... {markers[1]} block')
+    return text
+
+
+def write_between_markers(path: os.PathLike, markers: Sequence[str], body: str) -> None:
+    """Replace the text between the two ``markers`` lines of ``path`` (a README) with ``body``."""
+    text = check_markers(path, markers)
+    start, end = (re.escape(m) for m in markers)
     new = re.sub(f'{start}.*?{end}', lambda _: f'{markers[0]}\n{body}\n{markers[1]}', text, flags=re.S)
     atomic_write(path, lambda f: f.write(new))
 

@@ -2,7 +2,8 @@
 
 The folder holds what timm's own ``save_for_hf`` writes (``config.json`` with ``architecture``,
 ``num_classes``, ``model_args`` and ``pretrained_cfg``; ``model.safetensors``, no pickle) and a
-``README.md`` rendered from the model card template ``MODEL_CARD.md`` with the numbers of the results
+``README.md`` rendered from the model card template ``MODEL_CARD.md`` (package data; the repository's
+``MODEL_CARD.md`` links to it) with the numbers of the results
 file. Without ``--dry-run`` the folder is then uploaded with huggingface_hub (``HfApi.upload_folder``).
 
 Refused, with nothing written: a model that timm-pnnh does not register, a tag without a cfg, a checkpoint
@@ -32,6 +33,7 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 
 import timm_pnnh
+from timm_pnnh.errors import UsageError, read_checkpoint
 from timm_pnnh.files import markdown_table
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
@@ -45,7 +47,7 @@ DATASETS: Dict[str, Tuple[str, str, str]] = {
     'cifar10': ('uoft-cs/cifar10', 'CIFAR-10', 'test'),
     'in1k': ('ILSVRC/imagenet-1k', 'ImageNet-1k', 'validation'),
 }
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / 'MODEL_CARD.md'
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / 'MODEL_CARD.md'
 TEMPLATE_NOTES = re.compile(r'<!-- template-notes:begin -->.*?<!-- template-notes:end -->\n?', re.S)
 # train.py arguments shown in the card's recipe table, when the checkpoint records them
 RECIPE_ARGS = ('dataset', 'epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'warmup_epochs',
@@ -53,7 +55,7 @@ RECIPE_ARGS = ('dataset', 'epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weig
                'seed')
 
 
-class PublishError(ValueError):
+class PublishError(UsageError):
     """The checkpoint, results file or target folder cannot be published as asked."""
 
 
@@ -69,17 +71,18 @@ def _architecture_and_tag(name: str) -> Tuple[str, str]:
     return architecture, tag
 
 
-def load_checkpoint_weights(path: str, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def load_checkpoint_weights(path: str, use_ema: bool, unsafe_pickle: bool = False
+                            ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The state dict (or its EMA) of a ``train.py`` checkpoint, and the checkpoint's other entries.
 
     timm's ``CheckpointSaver`` writes ``state_dict``, ``state_dict_ema`` (with ``--model-ema``), ``arch``
     (the ``--model`` name), ``args`` (the ``argparse.Namespace``), ``epoch``, ``metric``, ``optimizer``...
-    Read with ``weights_only=True`` (``argparse.Namespace`` allowed, as timm does).
+    Read with ``weights_only=True`` (``argparse.Namespace`` allowed, as timm does) unless ``unsafe_pickle``.
     """
-    if not os.path.isfile(path):
-        raise PublishError(f'--checkpoint {path}: no such file')
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        checkpoint = read_checkpoint('--checkpoint', path, unsafe_pickle)
+    except UsageError as e:
+        raise PublishError(str(e)) from None
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if not isinstance(checkpoint, dict) or checkpoint.get(key) is None:
         found = ', '.join(sorted(checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -184,11 +187,11 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 def write_folder(checkpoint: str, results: str, output: str, model_name: Optional[str] = None, use_ema: bool = False,
                  train_config: str = '', template: Optional[str] = None, repo_id: Optional[str] = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, unsafe_pickle: bool = False) -> Path:
     """Write the Hub-ready folder ``output``; every check passes before anything is written."""
     target = Path(output)
     _check_target(target, overwrite)
-    state_dict, meta = load_checkpoint_weights(checkpoint, use_ema)
+    state_dict, meta = load_checkpoint_weights(checkpoint, use_ema, unsafe_pickle)
     name = model_name or str(meta.get('arch') or '')
     if model_name and meta.get('arch') and split_model_name_tag(meta['arch'])[0] != split_model_name_tag(model_name)[0]:
         raise PublishError(f'--model {model_name}: the checkpoint was trained as {meta["arch"]}')
@@ -202,12 +205,11 @@ def write_folder(checkpoint: str, results: str, output: str, model_name: Optiona
                            f'must load with timm.create_model({name!r}, pretrained=True), i.e. registered defaults')
     if not train_config or not os.path.isfile(train_config):
         raise PublishError(f'--train-config {train_config!r}: give the train_configs file the weights were trained with')
-    repo_root = DEFAULT_TEMPLATE.parent
-    if Path(train_config).resolve().is_relative_to(repo_root):
-        train_config = Path(train_config).resolve().relative_to(repo_root).as_posix()
+    if Path(train_config).resolve().is_relative_to(Path.cwd().resolve()):  # as seen from a checkout's root
+        train_config = Path(train_config).resolve().relative_to(Path.cwd().resolve()).as_posix()
     template_path = Path(template) if template else DEFAULT_TEMPLATE
     if not template_path.is_file():
-        raise PublishError(f'--card-template {template_path}: no such file (MODEL_CARD.md of a timm-pnnh checkout)')
+        raise PublishError(f'--card-template={str(template_path)!r}: no such file (default: the MODEL_CARD.md in the package)')
 
     model = timm.create_model(name).eval()
     _check_weights(model, state_dict, name)
@@ -247,12 +249,9 @@ def push_folder(folder: Path, repo_id: str, private: bool = False, token: Option
 
 
 def run(args) -> int:
-    try:
-        folder = write_folder(args.checkpoint, args.results, args.output, model_name=args.model, use_ema=args.use_ema,
-                              train_config=args.train_config, template=args.card_template, repo_id=args.repo_id,
-                              overwrite=args.overwrite)
-    except PublishError as e:
-        raise SystemExit(f'timm-pnnh publish: error: {e}')
+    folder = write_folder(args.checkpoint, args.results, args.output, model_name=args.model, use_ema=args.use_ema,
+                          train_config=args.train_config, template=args.card_template, repo_id=args.repo_id,
+                          overwrite=args.overwrite, unsafe_pickle=args.unsafe_pickle)
     files = ', '.join(sorted(p.name for p in folder.iterdir()))
     print(f'wrote {folder} ({files})')
     if args.dry_run:
@@ -278,6 +277,9 @@ def register(subparsers) -> None:
     parser.add_argument('--repo-id', default=None, help=f'Hub repository (default: the tag cfg hf_hub_id, {hub_repo_id("<model>.<tag>")})')
     parser.add_argument('--card-template', default=None, help=f'model card template (default: {DEFAULT_TEMPLATE})')
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --output folder')
+    parser.add_argument('--unsafe-pickle', action='store_true',
+                        help='allow a checkpoint that needs unpickling of Python objects (runs code from the file: '
+                             'only for files you trust); default: torch.load(weights_only=True)')
     parser.add_argument('--dry-run', action='store_true', help='write the folder only, push nothing')
     parser.add_argument('--private', action='store_true', help='create the Hub repository as private')
     parser.add_argument('--token', default=None, help='Hugging Face token (default: the logged-in one)')

@@ -37,9 +37,10 @@ import timm
 import torch
 
 from timm_pnnh import training
-from timm_pnnh.bench import benchmark, check_device, model_spec
+from timm_pnnh.bench import benchmark, check_device, int_arg, model_spec
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention
+from timm_pnnh.errors import UsageError
 from timm_pnnh.files import atomic_write, markdown_table as write_table, save_figure, write_json
 from timm_pnnh.training import Recipe
 
@@ -257,17 +258,17 @@ RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100
 
 def check_output(out: Path, runs: int) -> None:
     """Fail before any training when ``out`` cannot take the study's files: not creatable, not
-    writable, or too little free space for ``runs`` records. ValueError naming --out."""
+    writable, or too little free space for ``runs`` records. UsageError naming --out."""
     try:
         (out / 'runs').mkdir(parents=True, exist_ok=True)
         probe = out / 'runs' / '.write-probe'
         atomic_write(probe, lambda f: f.write('probe'))
         probe.unlink()
     except OSError as err:
-        raise ValueError(f'--out={str(out)!r} is not writable: {err.strerror or err}') from None
+        raise UsageError(f'--out={str(out)!r} is not writable: {err.strerror or err}') from None
     free, needed = shutil.disk_usage(out).free, (runs + 1) * RECORD_BYTES
     if free < needed:
-        raise ValueError(f'--out={str(out)!r} has {free / 2 ** 20:.1f} MiB free; the study needs about '
+        raise UsageError(f'--out={str(out)!r} has {free / 2 ** 20:.1f} MiB free; the study needs about '
                          f'{needed / 2 ** 20:.0f} MiB for {runs} run records and plots')
 
 
@@ -579,11 +580,7 @@ def run(args) -> int:
           f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}' +
           (f'\n(ViT rows skipped, not registered: {", ".join(skipped_vit)})' if skipped_vit else ''), flush=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    try:
-        check_output(out, len(rows) * len(preset.seeds))
-    except ValueError as err:
-        print(f'timm-pnnh study: error: {err}', file=sys.stderr)
-        return 2
+    check_output(out, len(rows) * len(preset.seeds))
     records = sweep(rows, preset, data, out, resume=args.resume, log=log)
     speed = measure_speed(rows, preset, data, out, args.speed_repeats, args.resume, log) if args.speed_repeats else None
     summary = summarize(rows, records, speed)
@@ -620,7 +617,7 @@ def register(subparsers) -> None:
     parser.add_argument('--diag-batch', type=int, default=None, help='images per retention batch (fit and score)')
     parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (Debian\'s package is found on its own)')
     parser.add_argument('--out', default=None, help='output folder (default: output/study-PRESET)')
-    parser.add_argument('--speed-repeats', type=int, default=5,
+    parser.add_argument('--speed-repeats', type=int_arg('--speed-repeats', 0), default=5,
                         help='timed repeats of the side-by-side speed measurement after training (0: skip it)')
     parser.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,
                         help='reuse finished runs whose settings match (default: on)')
