@@ -23,6 +23,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_pnnh.blocks import (
     BlockSelector, PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck, check_pnnh_args)
+from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_resnet
 from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
@@ -141,6 +142,8 @@ def _create(variant: str, pretrained: bool, family: str, bottleneck: bool, layer
     check_model_kwargs(variant, kwargs, _model_args(model_cls, family))
     residual_block = Bottleneck if bottleneck else BasicBlock
     if family == 'pnnh':
+        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
+        kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
         defaults = dict(PNNH_KNOBS, coder_ratio=BOTTLENECK_CODER_RATIO) if bottleneck else PNNH_KNOBS
         knobs = {name: kwargs.pop(name, default) for name, default in defaults.items()}
         check_pnnh_args(**knobs)
@@ -183,6 +186,7 @@ def model_names(family: str) -> List[str]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
+    **converted_cfgs('pnnh_resnet'),  # the default tags of the ImageNet-style PNNH nets: timm's weights, converted
     **{f'{name}.in1k': _cfg() for family in ('pnnh', 'plain') for name in model_names(family)[:5]},
     **{f'{name}.cifar10': _cifar_cfg() for family in FAMILIES for name in model_names(family)[-5:]},
     **{f'{name}.fmnist': _fmnist_cfg() for family in FAMILIES for name in model_names(family)[-5:]

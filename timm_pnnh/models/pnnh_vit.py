@@ -27,6 +27,7 @@ from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
 from timm_pnnh.blocks import check_ratio, coder_width
+from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_vit
 from timm_pnnh.models._factory import check_model_kwargs, register_entrypoint
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 
@@ -374,6 +375,7 @@ def _create(variant: str, pretrained: bool, family: str, **kwargs) -> VisionTran
     model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'}
     check_model_kwargs(variant, kwargs, model_args | set(PNNH_VIT_KNOBS) if family == 'pnnh' else model_args)
     if family == 'pnnh':
+        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
         coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
@@ -382,7 +384,8 @@ def _create(variant: str, pretrained: bool, family: str, **kwargs) -> VisionTran
         block_fn = PlainBlock if family == 'plain' else Block
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_hub(
-        VisionTransformer, variant, pretrained, block_fn=block_fn, pretrained_filter_fn=checkpoint_filter_fn,
+        VisionTransformer, variant, pretrained, block_fn=block_fn,
+        pretrained_filter_fn=residual_to_pnnh_vit if family == 'pnnh' else checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
@@ -407,6 +410,7 @@ def model_names(family: str) -> List[str]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
+    **converted_cfgs('pnnh_vit'),  # the default tags of the ImageNet-size PNNH ViTs: timm's weights, converted
     **{f'{name}.in1k': _cfg() for family in FAMILIES for name in model_names(family) if name.endswith('224')},
     **{f'{name}.cifar10': _small_image_cfg() for family in FAMILIES for name in model_names(family)
        if name.endswith('32')},
