@@ -28,6 +28,7 @@ import timm_pnnh  # noqa: F401
 from timm_pnnh import hub
 from timm_pnnh.cli import main as cli_main
 from timm_pnnh.models import _cfgs, registered_models
+from timm_pnnh.models._converted import CONVERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = 'pnnh_resnet20.fmnist'
@@ -109,7 +110,9 @@ def test_every_tag_has_a_hub_cfg_and_cifar_models_keep_their_cifar10_default():
         cfgs = get_arch_pretrained_cfgs(model_name)
         assert cfgs, model_name
         for name, cfg in cfgs.items():
-            assert cfg.hf_hub_id == (f'timm-pnnh/{name}' if name in _cfgs.PUBLISHED else None), name
+            converted = CONVERSIONS.get(name)  # timm's residual weights, converted at load time (test_convert.py)
+            assert cfg.hf_hub_id == (f'timm/{converted.source}' if converted else
+                                     f'timm-pnnh/{name}' if name in _cfgs.PUBLISHED else None), name
             assert cfg.hf_hub_filename == 'model.safetensors', name
             assert cfg.license == 'apache-2.0' and cfg.paper_ids == 'arXiv:2402.08645', name
     for prefix in ('pnnh', 'plain', 'cifar'):
@@ -120,13 +123,13 @@ def test_every_tag_has_a_hub_cfg_and_cifar_models_keep_their_cifar10_default():
             assert fmnist.input_size == (1, 28, 28) and fmnist.num_classes == 10 and fmnist.crop_pct == 1.0
             assert len(fmnist.mean) == len(fmnist.std) == 1 and len(fmnist.label_names) == 10
     assert get_pretrained_cfg('pnnh_resnet34.in1k').input_size == (3, 224, 224)
-    # timm (list_pretrained, its test suite) sees exactly the published tags as pretrained
+    # timm (list_pretrained, its test suite) sees exactly the published and the converted tags as pretrained
     ours = set(registered_models())
-    assert {n for n in timm.list_pretrained() if n.split('.')[0] in ours} == set(_cfgs.PUBLISHED)
+    assert {n for n in timm.list_pretrained() if n.split('.')[0] in ours} == set(_cfgs.PUBLISHED) | set(CONVERSIONS)
     assert timm.create_model('pnnh_resnet20.fmnist').conv1.in_channels == 1
 
 
-@pytest.mark.parametrize('name,tag', [('pnnh_resnet56.fmnist', 'fmnist'), ('pnnh_resnet34', 'in1k'),
+@pytest.mark.parametrize('name,tag', [('pnnh_resnet56.fmnist', 'fmnist'), ('pnnh_resnet34.in1k', 'in1k'),
                                       ('cifar_resnet20', 'cifar10')])
 def test_pretrained_true_for_an_unpublished_tag_names_model_tag_and_published_tags(monkeypatch, name, tag):
     architecture = name.split('.')[0]
