@@ -241,3 +241,21 @@ def test_convert_refuses_and_writes_nothing(tmp_path, args, message):
     with pytest.raises(SystemExit, match=r'timm-pnnh convert: error: ' + message):
         cli_main(['convert', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--output', str(tmp_path / 'out'), *args])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
+
+
+def test_a_converted_imagenet_checkpoint_is_accepted_by_publish(tmp_path):
+    residual = _train_checkpoint(tmp_path / 'last.pth.tar')  # resnet18, 1000 classes
+    assert cli_main(['convert', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--output', str(tmp_path / 'pnnh')]) == 0
+    params = sum(p.numel() for p in timm.create_model('pnnh_resnet18.a1_in1k').parameters())
+    (tmp_path / 'results.json').write_text(json.dumps(dict(model='pnnh_resnet18.a1_in1k', top1=1.0, top5=2.0,
+                                                           param_count=round(params / 1e6, 2))))
+    (tmp_path / 'config.yaml').write_text('model: pnnh_resnet18.a1_in1k\n')
+    assert cli_main(['publish', '--dry-run', '--checkpoint', str(tmp_path / 'pnnh' / 'checkpoint.pth.tar'),
+                     '--results', str(tmp_path / 'results.json'), '--train-config', str(tmp_path / 'config.yaml'),
+                     '--output', str(tmp_path / 'hub')]) == 0
+    card = (tmp_path / 'hub' / 'README.md').read_text()
+    assert 'ImageNet-1k' in card
+    model = timm.create_model('local-dir:' + str(tmp_path / 'hub'), pretrained=True).eval()
+    x = images(64)
+    with torch.no_grad():
+        assert relative_error(model(x), residual(x)) <= MAX_ERROR
