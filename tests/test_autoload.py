@@ -47,9 +47,19 @@ def test_a_broken_plugin_does_not_break_timm(tmp_path):
     assert 'timm-pnnh: the models were not registered with timm (ImportError: broken install)' in result.stderr
 
 
-@pytest.mark.skipif(not (Path(sysconfig.get_paths()['purelib']) / 'timm_pnnh_autoload.pth').is_file(),
-                    reason='the installed timm-pnnh has no timm_pnnh_autoload.pth (installed before it existed)')
+def _installed_origin() -> str:
+    """Where ``import timm_pnnh`` resolves without this checkout on the path (empty if not installed)."""
+    environment = {k: v for k, v in os.environ.items() if k not in ('TIMM_PNNH_AUTOLOAD', 'PYTHONPATH')}
+    code = 'import importlib.util as u; s = u.find_spec("timm_pnnh"); print(s.origin if s else "")'
+    return subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True,
+                          timeout=60, cwd='/').stdout.strip()
+
+
 def test_installed_package_registers_without_an_import():
+    """Where this checkout is the installed package (CI's ``pip install -e .``), the .pth must be there."""
+    if _installed_origin() != str(ROOT / 'timm_pnnh' / '__init__.py'):
+        pytest.skip(f'the installed timm_pnnh is not this checkout ({_installed_origin() or "not installed"})')
+    assert (Path(sysconfig.get_paths()['purelib']) / 'timm_pnnh_autoload.pth').is_file()
     environment = {k: v for k, v in os.environ.items() if k not in ('TIMM_PNNH_AUTOLOAD', 'PYTHONPATH')}
     result = subprocess.run([sys.executable, '-c', 'import timm; print("pnnh_resnet34" in timm.list_models())'],
                             env=environment, capture_output=True, text=True, timeout=300, cwd='/')

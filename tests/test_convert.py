@@ -53,8 +53,8 @@ def images(size: int, chans: int = 3, batch: int = 2) -> torch.Tensor:
 # ---------------------------------------------------------------- tags
 
 def test_converted_tags_are_the_defaults_and_name_timms_source():
-    assert {c.model for c in CONVERSIONS.values()} == set(timm.list_models('pnnh_resnet*')[:0]) | {
-        f'pnnh_resnet{d}' for d in (18, 34, 50, 101, 152)} | {f'pnnh_vit_{s}_patch16_224' for s in ('tiny', 'small', 'base')}
+    assert {c.model for c in CONVERSIONS.values()} == {f'pnnh_resnet{d}' for d in (18, 34, 50, 101, 152)} | {
+        f'pnnh_vit_{s}_patch16_224' for s in ('tiny', 'small', 'base')}
     for name, conversion in CONVERSIONS.items():
         cfg, source = get_pretrained_cfg(conversion.model), get_pretrained_cfg(conversion.source)
         assert f'{conversion.model}.{cfg.tag}' == name and cfg.hf_hub_id == f'timm/{conversion.source}'
@@ -88,10 +88,15 @@ def test_residual_weights_load_exactly_and_reparameterize(arch, size, tmp_path):
         expected = residual(x)
         assert relative_error(pnnh(x), expected) <= MAX_ERROR
         assert relative_error(reparameterize_model(pnnh)(x), expected) <= MAX_ERROR
-    # timm's own adaptations after the conversion: another head, one input channel
-    model = timm.create_model(f'pnnh_{arch}', pretrained=True, num_classes=5, in_chans=1,
-                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')))
+    # timm's own adaptations after the conversion (as timm's test_model_load_pretrained / _features_pretrained)
+    overlay = dict(file=str(tmp_path / 'model.safetensors'))
+    model = timm.create_model(f'pnnh_{arch}', pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
     assert model.get_classifier().out_features == 5
+    assert timm.create_model(f'pnnh_{arch}', pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay).num_classes == 0
+    if arch.startswith('resnet'):
+        features = timm.create_model(f'pnnh_{arch}', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+        with torch.no_grad():
+            assert len(features(x)) == 5
 
 
 def test_wrong_sources_and_inexact_models_are_refused_with_the_keys(tmp_path):

@@ -7,7 +7,6 @@ subprocess, because huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and 
 """
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
