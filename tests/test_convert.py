@@ -264,3 +264,17 @@ def test_a_converted_imagenet_checkpoint_is_accepted_by_publish(tmp_path):
     x = images(64)
     with torch.no_grad():
         assert relative_error(model(x), residual(x)) <= MAX_ERROR
+
+
+def test_convert_needs_overwrite_for_a_non_empty_folder_and_then_replaces_it(tmp_path):
+    _train_checkpoint(tmp_path / 'last.pth.tar')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('old')
+    args = ['convert', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--output', str(out)]
+    with pytest.raises(SystemExit, match='folder is not empty .*--overwrite'):
+        cli_main(args)
+    assert [p.name for p in out.iterdir()] == ['keep.txt']
+    assert cli_main(args + ['--overwrite']) == 0
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint.pth.tar', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar', 'out']  # no temporary or old folder left

@@ -43,8 +43,7 @@ _DATA_FIELDS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_
                 'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_offset', 'label_names',
                 'label_descriptions', 'pool_size', 'test_pool_size', 'first_conv', 'classifier', 'license')
 _VIT_ARGS = dict(arrangement='sequential', coder_ratio=2.0, coder_init='dirac', coder_act='mlp', coder_norm=False)
-_BASIC_ARGS = dict(coder_ratio=1.0, coder_norm=False)
-_BOTTLENECK_ARGS = dict(coder_ratio=1.0, coder_norm=False)  # the registered bottleneck default is 0.25
+_RESNET_ARGS = dict(coder_ratio=1.0, coder_norm=False)  # the registered bottleneck default is coder_ratio=0.25
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,11 @@ class Conversion:
 # timm 1.0's default tag of each residual architecture (timm.get_pretrained_cfg(arch).tag), pinned so that
 # a tag name does not change with the installed timm
 CONVERSIONS: Dict[str, Conversion] = {c.name: c for c in (
-    Conversion('pnnh_resnet18', 'resnet18.a1_in1k', _BASIC_ARGS),
-    Conversion('pnnh_resnet34', 'resnet34.a1_in1k', _BASIC_ARGS),
-    Conversion('pnnh_resnet50', 'resnet50.a1_in1k', _BOTTLENECK_ARGS),
-    Conversion('pnnh_resnet101', 'resnet101.a1h_in1k', _BOTTLENECK_ARGS),
-    Conversion('pnnh_resnet152', 'resnet152.a1h_in1k', _BOTTLENECK_ARGS),
+    Conversion('pnnh_resnet18', 'resnet18.a1_in1k', _RESNET_ARGS),
+    Conversion('pnnh_resnet34', 'resnet34.a1_in1k', _RESNET_ARGS),
+    Conversion('pnnh_resnet50', 'resnet50.a1_in1k', _RESNET_ARGS),
+    Conversion('pnnh_resnet101', 'resnet101.a1h_in1k', _RESNET_ARGS),
+    Conversion('pnnh_resnet152', 'resnet152.a1h_in1k', _RESNET_ARGS),
     Conversion('pnnh_vit_tiny_patch16_224', 'vit_tiny_patch16_224.augreg_in21k_ft_in1k', _VIT_ARGS),
     Conversion('pnnh_vit_small_patch16_224', 'vit_small_patch16_224.augreg_in21k_ft_in1k', _VIT_ARGS),
     Conversion('pnnh_vit_base_patch16_224', 'vit_base_patch16_224.augreg2_in21k_ft_in1k', _VIT_ARGS),
