@@ -1,11 +1,18 @@
 """Fixtures shared by the test modules."""
 import gzip
+import hashlib
+import http.server
+import os
 import struct
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from timm_pnnh import data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -46,3 +53,87 @@ def usage_error(capsys):
         assert len(lines) == 1 and lines[0].startswith(f'timm-pnnh {argv[0]}: error: '), err
         return lines[0][len(f'timm-pnnh {argv[0]}: error: '):]
     return run
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    """``HEAD``/``GET /{org}/{repo}/resolve/{revision}/{filename}`` as the Hub answers them.
+
+    Headers huggingface_hub's ``file_download`` needs: ``X-Repo-Commit`` (the commit the revision resolves
+    to), ``ETag`` (the file's hash, the blob name in the cache) and ``Content-Length``; a missing file is a
+    404 with ``X-Error-Code: EntryNotFound``, a missing repository ``RepoNotFound``.
+    """
+    repos = {}  # repo id -> folder
+    requests = []
+
+    def _answer(self, body: bool):
+        self.requests.append((self.command, self.path))
+        parts = self.path.split('?')[0].strip('/').split('/')
+        if len(parts) < 5 or parts[2] != 'resolve':
+            return self._error(404, 'RepoNotFound', b'')
+        repo_id, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
+        folder = self.repos.get(repo_id)
+        if folder is None:
+            return self._error(404, 'RepoNotFound', b'')
+        commit = hashlib.sha1(repo_id.encode()).hexdigest()
+        path = folder / filename
+        if not path.is_file():
+            return self._error(404, 'EntryNotFound', commit.encode())
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header('X-Repo-Commit', commit)
+        self.send_header('ETag', f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def _error(self, status, code, commit):
+        self.send_response(status)
+        self.send_header('X-Error-Code', code)
+        if commit:
+            self.send_header('X-Repo-Commit', commit.decode())
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+
+    def do_HEAD(self):  # noqa: N802
+        self._answer(body=False)
+
+    def do_GET(self):  # noqa: N802
+        self._answer(body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalHub:
+    """A ``HubHandler`` server on 127.0.0.1 and the environment that points huggingface_hub at it (and at a
+    fresh cache). huggingface_hub reads these variables at import: load in a subprocess with ``env``."""
+
+    def __init__(self, tmp_path: Path):
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), HubHandler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.requests = HubHandler.requests = []
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
+        env.update(HF_ENDPOINT=f'http://127.0.0.1:{self.server.server_address[1]}', HF_HOME=str(tmp_path / 'hf_home'),
+                   HF_HUB_CACHE=str(tmp_path / 'hf_cache'), HF_HUB_DISABLE_TELEMETRY='1', HF_HUB_DISABLE_XET='1',
+                   PYTHONPATH=os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+        self.env = env
+        self.cache = tmp_path / 'hf_cache'
+
+    def serve(self, repos) -> None:
+        """Serve ``{repo id: folder}``."""
+        HubHandler.repos = dict(repos)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def local_hub(tmp_path):
+    """A local server that speaks the Hub's download protocol (see ``HubHandler``); stopped at the end."""
+    hub = LocalHub(tmp_path)
+    yield hub
+    hub.stop()

@@ -7,14 +7,10 @@ subprocess, because huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and 
 """
 import argparse
 import fractions
-import hashlib
-import http.server
 import json
-import os
 import re
 import subprocess
 import sys
-import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -32,6 +28,7 @@ import timm_pnnh  # noqa: F401
 from timm_pnnh import hub
 from timm_pnnh.cli import main as cli_main
 from timm_pnnh.models import _cfgs, registered_models
+from timm_pnnh.models._converted import CONVERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = 'pnnh_resnet20.fmnist'
@@ -113,7 +110,9 @@ def test_every_tag_has_a_hub_cfg_and_cifar_models_keep_their_cifar10_default():
         cfgs = get_arch_pretrained_cfgs(model_name)
         assert cfgs, model_name
         for name, cfg in cfgs.items():
-            assert cfg.hf_hub_id == (f'timm-pnnh/{name}' if name in _cfgs.PUBLISHED else None), name
+            converted = CONVERSIONS.get(name)  # timm's residual weights, converted at load time (test_convert.py)
+            assert cfg.hf_hub_id == (f'timm/{converted.source}' if converted else
+                                     f'timm-pnnh/{name}' if name in _cfgs.PUBLISHED else None), name
             assert cfg.hf_hub_filename == 'model.safetensors', name
             assert cfg.license == 'apache-2.0' and cfg.paper_ids == 'arXiv:2402.08645', name
     for prefix in ('pnnh', 'plain', 'cifar'):
@@ -124,13 +123,13 @@ def test_every_tag_has_a_hub_cfg_and_cifar_models_keep_their_cifar10_default():
             assert fmnist.input_size == (1, 28, 28) and fmnist.num_classes == 10 and fmnist.crop_pct == 1.0
             assert len(fmnist.mean) == len(fmnist.std) == 1 and len(fmnist.label_names) == 10
     assert get_pretrained_cfg('pnnh_resnet34.in1k').input_size == (3, 224, 224)
-    # timm (list_pretrained, its test suite) sees exactly the published tags as pretrained
+    # timm (list_pretrained, its test suite) sees exactly the published and the converted tags as pretrained
     ours = set(registered_models())
-    assert {n for n in timm.list_pretrained() if n.split('.')[0] in ours} == set(_cfgs.PUBLISHED)
+    assert {n for n in timm.list_pretrained() if n.split('.')[0] in ours} == set(_cfgs.PUBLISHED) | set(CONVERSIONS)
     assert timm.create_model('pnnh_resnet20.fmnist').conv1.in_channels == 1
 
 
-@pytest.mark.parametrize('name,tag', [('pnnh_resnet56.fmnist', 'fmnist'), ('pnnh_resnet34', 'in1k'),
+@pytest.mark.parametrize('name,tag', [('pnnh_resnet56.fmnist', 'fmnist'), ('pnnh_resnet34.in1k', 'in1k'),
                                       ('cifar_resnet20', 'cifar10')])
 def test_pretrained_true_for_an_unpublished_tag_names_model_tag_and_published_tags(monkeypatch, name, tag):
     architecture = name.split('.')[0]
@@ -310,56 +309,6 @@ def test_local_file_errors_name_the_model_and_tag(source, tmp_path):
 
 # ---------------------------------------------------------------- the Hub file protocol on 127.0.0.1
 
-class HubHandler(http.server.BaseHTTPRequestHandler):
-    """``HEAD``/``GET /{org}/{repo}/resolve/{revision}/{filename}`` as the Hub answers them.
-
-    Headers huggingface_hub's ``file_download`` needs: ``X-Repo-Commit`` (the commit the revision resolves
-    to), ``ETag`` (the file's hash, the blob name in the cache) and ``Content-Length``; a missing file is a
-    404 with ``X-Error-Code: EntryNotFound``, a missing repository ``RepoNotFound``.
-    """
-    repos = {}  # repo id -> folder
-    requests = []
-
-    def _answer(self, body: bool):
-        self.requests.append((self.command, self.path))
-        parts = self.path.split('?')[0].strip('/').split('/')
-        if len(parts) < 5 or parts[2] != 'resolve':
-            return self._error(404, 'RepoNotFound', b'')
-        repo_id, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
-        folder = self.repos.get(repo_id)
-        if folder is None:
-            return self._error(404, 'RepoNotFound', b'')
-        commit = hashlib.sha1(repo_id.encode()).hexdigest()
-        path = folder / filename
-        if not path.is_file():
-            return self._error(404, 'EntryNotFound', commit.encode())
-        data = path.read_bytes()
-        self.send_response(200)
-        self.send_header('X-Repo-Commit', commit)
-        self.send_header('ETag', f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header('Content-Length', str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def _error(self, status, code, commit):
-        self.send_response(status)
-        self.send_header('X-Error-Code', code)
-        if commit:
-            self.send_header('X-Repo-Commit', commit.decode())
-        self.send_header('Content-Length', '0')
-        self.end_headers()
-
-    def do_HEAD(self):  # noqa: N802
-        self._answer(body=False)
-
-    def do_GET(self):  # noqa: N802
-        self._answer(body=True)
-
-    def log_message(self, *args):
-        pass
-
-
 LOAD_SCRIPT = r'''
 import json, sys
 import torch, timm
@@ -402,30 +351,21 @@ def _load_in_subprocess(mode, reference, env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_hub_download_then_offline_cache_load(source, tmp_path):
+def test_hub_download_then_offline_cache_load(source, tmp_path, local_hub):
     corrupt = tmp_path / 'corrupt'
     corrupt.mkdir()
     data = (source['folder'] / 'model.safetensors').read_bytes()
     (corrupt / 'model.safetensors').write_bytes(data[:len(data) - 1000])
-    HubHandler.repos = {REPO: source['folder'], 'test-org/corrupt': corrupt}
-    HubHandler.requests = []
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), HubHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
-    env.update(HF_ENDPOINT=f'http://127.0.0.1:{server.server_address[1]}', HF_HOME=str(tmp_path / 'hf_home'),
-               HF_HUB_CACHE=str(tmp_path / 'hf_cache'), HF_HUB_DISABLE_TELEMETRY='1', HF_HUB_DISABLE_XET='1',
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+    local_hub.serve({REPO: source['folder'], 'test-org/corrupt': corrupt})
     try:
-        online = _load_in_subprocess('online', source['reference'], env)
+        online = _load_in_subprocess('online', source['reference'], local_hub.env)
     finally:
-        server.shutdown()
-        server.server_close()
+        local_hub.stop()
     # (a) a real download into the temporary cache, outputs identical to the source model
     assert online['registry'] is True and online['hf_hub'] is True
-    assert ('GET', f'/{REPO}/resolve/main/model.safetensors') in HubHandler.requests
-    assert ('GET', f'/{REPO}/resolve/main/config.json') in HubHandler.requests
-    assert not [path for _, path in HubHandler.requests if path.endswith(('.bin', '.pth'))]  # never asks for pickle
+    assert ('GET', f'/{REPO}/resolve/main/model.safetensors') in local_hub.requests
+    assert ('GET', f'/{REPO}/resolve/main/config.json') in local_hub.requests
+    assert not [path for _, path in local_hub.requests if path.endswith(('.bin', '.pth'))]  # never asks for pickle
     assert list((tmp_path / 'hf_cache').glob('models--timm-pnnh--pnnh_resnet20.fmnist/snapshots/*/model.safetensors'))
     # (c) another num_classes: timm drops the classifier, every other weight is the published one
     assert online['head'] == [3, True]
@@ -438,11 +378,11 @@ def test_hub_download_then_offline_cache_load(source, tmp_path):
                                                'Hugging Face Hub repository timm-pnnh/pnnh_resnet56.fmnist')
 
     # (b) offline, server gone: the same loads come from the cache; what is not cached fails clearly
-    served = len(HubHandler.requests)
-    offline = _load_in_subprocess('offline', source['reference'], dict(env, HF_HUB_OFFLINE='1'))
+    served = len(local_hub.requests)
+    offline = _load_in_subprocess('offline', source['reference'], dict(local_hub.env, HF_HUB_OFFLINE='1'))
     assert offline['registry'] is True and offline['hf_hub'] is True
     assert offline['unavailable'][0] == 'PretrainedLoadError' and 'pnnh_resnet56.fmnist' in offline['unavailable'][1]
-    assert len(HubHandler.requests) == served
+    assert len(local_hub.requests) == served
 
 
 def test_model_card_template_states_which_weights_exist():

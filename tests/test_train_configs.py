@@ -16,7 +16,7 @@ import timm_pnnh  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / 'train_configs'
 FAMILIES = ('resnet', 'vit')
-DATASETS = ('fashion_mnist_cpu', 'fashion_mnist', 'cifar10', 'cifar100', 'imagenet1k')
+DATASETS = ('fashion_mnist_cpu', 'fashion_mnist', 'cifar10', 'cifar100', 'imagenet1k', 'imagenet1k_finetune')
 CONFIGS = sorted(CONFIG_DIR.glob('*.yaml'))
 HEADER_FIELDS = ('# models:', '# Recipe:', '# Expected wall time:', '# Run:')
 

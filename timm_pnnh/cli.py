@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     'timm_pnnh.study',
     'timm_pnnh.report',
     'timm_pnnh.hub',
+    'timm_pnnh.convert',
     'timm_pnnh.bench',
     'timm_pnnh.run',
 )

@@ -37,6 +37,7 @@ from timm_pnnh.errors import UsageError, read_checkpoint
 from timm_pnnh.files import markdown_table
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
+from timm_pnnh.models._converted import CONVERSIONS
 
 __all__ = ['DATASETS', 'PublishError', 'load_checkpoint_weights', 'load_results', 'render_card', 'write_folder',
            'push_folder', 'register']
@@ -47,6 +48,15 @@ DATASETS: Dict[str, Tuple[str, str, str]] = {
     'cifar10': ('uoft-cs/cifar10', 'CIFAR-10', 'test'),
     'in1k': ('ILSVRC/imagenet-1k', 'ImageNet-1k', 'validation'),
 }
+
+
+def dataset_key(architecture: str, tag: str) -> Optional[str]:
+    """The ``DATASETS`` key of a tag: itself, or ``in1k`` for the tags of converted ImageNet-1k weights."""
+    if tag in DATASETS:
+        return tag
+    return 'in1k' if f'{architecture}.{tag}' in CONVERSIONS else None
+
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / 'MODEL_CARD.md'
 TEMPLATE_NOTES = re.compile(r'<!-- template-notes:begin -->.*?<!-- template-notes:end -->\n?', re.S)
 # train.py arguments shown in the card's recipe table, when the checkpoint records them
@@ -161,7 +171,7 @@ def _card_values(model, name: str, repo_id: str, result: Dict[str, Any], meta: D
                  train_config: str) -> Dict[str, Any]:
     architecture, tag = name.split('.')
     cfg = model.pretrained_cfg
-    dataset_id, dataset_name, split = DATASETS[tag]
+    dataset_id, dataset_name, split = DATASETS[dataset_key(architecture, tag)]
     fmt = lambda xs: ', '.join(f'{x:g}' for x in xs)  # noqa: E731
     top5 = result['top5'] if cfg['num_classes'] > 5 else 'n/a'
     return dict(
@@ -197,7 +207,7 @@ def write_folder(checkpoint: str, results: str, output: str, model_name: Optiona
         raise PublishError(f'--model {model_name}: the checkpoint was trained as {meta["arch"]}')
     architecture, tag = _architecture_and_tag(name)
     name = f'{architecture}.{tag}'
-    if tag not in DATASETS:
+    if dataset_key(architecture, tag) is None:
         raise PublishError(f'tag {tag!r} has no dataset entry for the model card; known: {", ".join(DATASETS)}')
     args = vars(meta['args']) if isinstance(meta.get('args'), argparse.Namespace) else {}
     if args.get('model_kwargs'):

@@ -34,6 +34,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
 
 from timm_pnnh.models import coder_ops
+from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_resnet
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
 from timm_pnnh.models._factory import (
@@ -656,6 +657,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     check_model_kwargs(variant, kwargs, model_args | set(PNNH_KNOBS) | {'plain_transitions'} if family == 'pnnh' else model_args)
     residual_block = Bottleneck if bottleneck else BasicBlock
     if family == 'pnnh':
+        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
+        kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
         defaults = dict(PNNH_KNOBS, coder_ratio=BOTTLENECK_CODER_RATIO) if bottleneck else PNNH_KNOBS
         knobs = {name: kwargs.pop(name, default) for name, default in defaults.items()}
         check_pnnh_args(**knobs)
@@ -691,6 +694,7 @@ def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
+    **converted_cfgs('pnnh_resnet'),  # the default tags of the ImageNet-style PNNH nets: timm's weights, converted
     **{f'{f}_resnet{d}.in1k': _cfg() for f in ('pnnh', 'plain') for d in IMAGENET_DEPTHS},
     **{f'{p}_resnet{d}.cifar10': _cifar_cfg() for p in ('pnnh', 'plain', 'cifar') for d in CIFAR_DEPTHS},
     **{f'{p}_resnet{d}.fmnist': _fmnist_cfg() for p in ('pnnh', 'plain', 'cifar') for d in FMNIST_DEPTHS},

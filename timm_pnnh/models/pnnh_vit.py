@@ -28,6 +28,7 @@ from timm.layers import LayerScale, Mlp, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
+from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_vit
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 from timm_pnnh.models._factory import (
     CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
@@ -376,6 +377,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransform
     model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
     check_model_kwargs(variant, kwargs, model_args | set(PNNH_VIT_KNOBS) if family == 'pnnh' else model_args)
     if family == 'pnnh':
+        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
         coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
@@ -386,7 +388,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransform
     model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False),
                            lambda m: reparameterize_model(m, inplace=True))
     return build_model_with_hub(
-        model_cls, variant, pretrained, block_fn=block_fn, pretrained_filter_fn=checkpoint_filter_fn,
+        model_cls, variant, pretrained, block_fn=block_fn,
+        pretrained_filter_fn=residual_to_pnnh_vit if family == 'pnnh' else checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
@@ -404,6 +407,7 @@ def _small_image_cfg(**kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
+    **converted_cfgs('pnnh_vit'),  # the default tags of the ImageNet-size PNNH ViTs: timm's weights, converted
     **{f'{f}_vit_{size}_patch16_224.in1k': _cfg() for f in ('pnnh', 'plain') for size in SIZES},
     **{f'{p}_vit_{size}_patch4_32.cifar10': _small_image_cfg() for p in ('pnnh', 'plain', 'cifar')
        for size in SMALL_IMAGE_SIZES},
