@@ -217,3 +217,125 @@ def test_study_without_the_dataset_says_how_to_get_it(tmp_path, monkeypatch, cap
     monkeypatch.setattr(data, 'DEBIAN_DIR', tmp_path / 'nowhere')
     assert main(['study', '--data-dir', str(tmp_path), '--out', str(tmp_path / 'o')]) == 2
     assert 'apt-get install -y dataset-fashion-mnist' in capsys.readouterr().err
+
+
+TINY_CONVERGED = ['--preset', 'converged-cpu', '--depths', '20', '--seeds', '0', '1', '--epochs', '2', '--batch-size', '32',
+                  '--train-size', '64', '--test-size', '32', '--diag-batch', '8', '--speed-repeats', '1']
+
+
+def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
+    """The converged preset's code path on fake data: accuracy per epoch, the side-by-side speed figures,
+    the fronts' plots and table, and a rerun that reuses both the runs and the speed report."""
+    pytest.importorskip('matplotlib')
+    out = tmp_path / 'converged'
+    argv = ['study', '--data-dir', str(fake_fashion_mnist), '--out', str(out), *TINY_CONVERGED]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert '| model | epoch 1 | epoch 2 |' in printed
+    result = json.loads((out / 'study.json').read_text())
+    labels = [s['label'] for s in result['summary']]
+    assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2']
+    assert result['recipe']['steps'] == 4 and result['epochs'] == 2 and result['recipe']['channels_last'] is True
+    for s in result['summary']:
+        assert [p['epoch'] for p in s['epochs']] == [1.0, 2.0] and s['epochs'][-1]['acc_mean'] == s['acc_mean']
+        assert s['train_img_s'] > 0 and s['deploy_img_s'] > 0 and s['saved_mb'] > 0
+    speed = json.loads((out / 'speed.json').read_text())
+    assert speed['config']['reference'] == speed['settings']['specs']['residual-20']
+    narrow = next(s for s in result['summary'] if s['label'] == 'residual-20 block_reduce_first=2')
+    assert narrow['params'] == sum(p.numel() for p in timm.create_model(
+        'cifar_resnet20', block_reduce_first=2, num_classes=10, in_chans=1).parameters())
+    assert set(result['plots']) == {'accuracy_vs_epochs.png', 'accuracy_vs_params.png', 'accuracy_vs_train_speed.png',
+                                    'accuracy_vs_deploy_speed.png', 'retention_vs_depth.png'}
+    assert all((out / p).read_bytes().startswith(b'\x89PNG') for p in result['plots'])
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.count('finished earlier, reused') == 10 and 'speed: measured earlier, reused' in again
+    assert main(['report', '--from', str(out / 'study.json')]) == 0
+    text = capsys.readouterr().out
+    assert 'Test accuracy after each epoch' in text and '| PNNH row | axis |' in text
+    assert '**Deployed throughput at equal accuracy**' in text
+
+
+def test_unreadable_records_are_run_again(fake_fashion_mnist, tmp_path):
+    preset = _tiny_preset()
+    rows = study.preset_rows(preset)[:1]
+    loaded = study.load_data(preset, fake_fashion_mnist)
+    out = tmp_path / 'out'
+    first = study.sweep(rows, preset, loaded, out, log=lambda m: None)[0]
+    path = out / 'runs' / 'plain-20-seed0.json'
+    text = path.read_text()
+    for broken in ('', text[:len(text) // 2], 'not json', '[1, 2]', json.dumps({'settings_digest': first['settings_digest']})):
+        path.write_text(broken)
+        messages = []
+        again = study.sweep(rows, preset, loaded, out, log=messages.append)[0]
+        assert any('empty, cut off or not a run record; running again' in m for m in messages), broken
+        assert again['test_acc'] == first['test_acc'] and json.loads(path.read_text())['test_acc'] == first['test_acc']
+
+
+def test_a_diverging_run_is_recorded_not_fatal(fake_fashion_mnist, tmp_path):
+    from dataclasses import replace
+    preset = _tiny_preset(steps=6)
+    preset = replace(preset, recipe=replace(preset.recipe, lr=1e12, warmup_fraction=0.0))
+    rows = [r for r in study.preset_rows(preset) if r.family == 'plain']
+    records = study.sweep(rows, preset, study.load_data(preset, fake_fashion_mnist), tmp_path / 'out', log=lambda m: None)
+    record = records[0]
+    assert record['diverged_step'] is not None and 0 < record['diverged_step'] < 6
+    summary = study.summarize(rows, records)
+    assert summary[0]['diverged_seeds'] == [0] and study.fmt_acc(summary[0]).endswith('(one seed) (1 diverged)')
+    assert '(1 diverged)' in study.markdown_table(summary)
+
+
+def test_interrupted_study_leaves_only_complete_records(fake_fashion_mnist, tmp_path):
+    """A real Ctrl-C (SIGINT) in the middle of a sweep: every file in runs/ is a complete record."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / 'out'
+    debian = fake_fashion_mnist.parent / 'debian'
+    code = (f'import sys; from timm_pnnh import data; data.DEBIAN_DIR = __import__("pathlib").Path({str(debian)!r}); '
+            f'from timm_pnnh.cli import main; sys.exit(main(sys.argv[1:]))')
+    argv = ['study', '--out', str(out), '--depths', '20', '--seeds', '0', '1', '2', '--steps', '40', '--batch-size', '16',
+            '--train-size', '64', '--test-size', '32', '--diag-batch', '8', '--speed-repeats', '0']
+    proc = subprocess.Popen([sys.executable, '-c', code, *argv], env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / 'runs').glob('*.json')):
+        time.sleep(0.2)
+    assert list((out / 'runs').glob('*.json')), 'no record was written in time'
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    files = list((out / 'runs').iterdir())
+    assert files and all(p.suffix == '.json' and study.read_record(p) is not None for p in files)
+    assert len(files) < 9
+
+
+def test_unwritable_output_folder_is_refused_before_training(fake_fashion_mnist, tmp_path, usage_error):
+    import os
+    import subprocess
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes through permission bits: make the folder immutable instead
+        if subprocess.run(['chattr', '+i', str(locked)], capture_output=True).returncode != 0:
+            pytest.skip('running as root and chattr +i is not available here')
+    else:
+        locked.chmod(0o500)
+    try:
+        message = usage_error(['study', '--data-dir', fake_fashion_mnist, '--out', locked / 'study', *TINY])
+    finally:
+        subprocess.run(['chattr', '-i', str(locked)], capture_output=True) if os.geteuid() == 0 else locked.chmod(0o700)
+    assert message.startswith(f"--out={str(locked / 'study')!r}") and 'not writable' in message
+    assert not (locked / 'study').exists()
+
+
+def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, monkeypatch, usage_error):
+    import shutil
+    real = shutil.disk_usage
+    monkeypatch.setattr(study.shutil, 'disk_usage', lambda path: real(path)._replace(free=1024))
+    calls = []
+    monkeypatch.setattr(study.training, 'train_and_evaluate', lambda *a, **k: calls.append(a))
+    message = usage_error(['study', '--data-dir', fake_fashion_mnist, '--out', tmp_path / 'study', *TINY])
+    assert 'has 0.0 MiB free; the study needs about 7 MiB for 6 run records' in message and calls == []

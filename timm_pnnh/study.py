@@ -1,20 +1,32 @@
 """``timm-pnnh study``: the paper's claims measured side by side on Fashion-MNIST (the main job).
 
 A depth sweep over the plain / residual / PNNH families (CIFAR-style ResNets; the small-image ViTs
-when they are registered), every model trained with one shared schedule (``training.Recipe``: timm's
-SGD and cosine scheduler) and the same seeds. Each run records test accuracy, parameters, training
-images/s and per-block input retention (``diagnostics.retention``) at initialisation and after
-training. One JSON record per finished run is written atomically to ``OUT/runs/``; a rerun reuses every
-record whose settings match (``--no-resume`` redoes them), so a half-finished sweep resumes. At the end
-``OUT/study.json`` holds the settings, the runs and the per-model summary, ``OUT/*.png`` the plots.
+when they are registered) and their width variants, every model trained with one shared schedule
+(``training.Recipe``: timm's SGD and cosine scheduler; AdamW for the ViTs) and the same seeds. Each
+run records test accuracy (after every epoch for the presets that count epochs), parameters and
+per-block input retention (``diagnostics.retention``) at initialisation and after training. One JSON
+record per finished run is written atomically to ``OUT/runs/``; a rerun reuses every record whose
+settings match (``--no-resume`` redoes them), so a half-finished sweep resumes, and a record that is
+empty, cut off or not JSON is run again. After training, every row is timed side by side in one
+process by ``bench.benchmark`` (training, eval and deployed images/s, saved activations; written to
+``OUT/speed.json``, reused likewise). ``OUT/study.json`` holds the settings, the runs, the speed
+report and the per-model summary; ``OUT/*.png`` the plots (accuracy against epochs, and the fronts of
+accuracy against parameters, training and deployed images/s).
 
 Presets:
 
 * ``quick`` -- depths 20 and 56, 3 seeds, 120 SGD steps of 64 images (one pass over 7,680 training
-  images), 2,000 test images, retention on 2 x 128 images. ResNets only: a ViT-tiny costs more
-  per image than ResNet-56. Sized to finish within 15 minutes on 2 idle CPU cores (README).
-* ``full`` -- depths 20, 56, 110 and the ViTs, 3 seeds, 3,000 steps of 128 images (6.4 epochs),
-  the whole test set. For a GPU machine or a long night.
+  images), 2,000 test images, retention on 2 x 128 images. A demonstration sized to finish within 15
+  minutes on 2 idle CPU cores; its short schedule favours shallow nets.
+* ``converged-cpu`` -- the rows that decide the claims at depth 56 (plain, residual, PNNH, PNNH with
+  a half-width learner, and a residual net whose branch is as narrow: timm's ``block_reduce_first=2``),
+  2 seeds, 3 epochs of the whole training set, the whole test set, channels_last. About 2 hours on 2
+  CPU cores.
+* ``converged`` -- for a GPU: depths 20, 56 and 110, every width variant (``learner_ratio`` 0.5 and 0.25,
+  ``coder_ratio`` 0.5 with ``learner_ratio`` 0.5 (deployed no wider than the residual net),
+  ``coder_sharing='stage'``, residual ``block_reduce_first`` 2 and 4), the ViTs, 3 seeds, 30 epochs,
+  bf16 autocast and channels_last on ``cuda``.
+* ``full`` -- depths 20, 56, 110 and the ViTs, 3 seeds, 3,000 steps of 128 images (6.4 epochs).
 * ``ablation`` -- the PNNH knobs the paper leaves open, one at a time from the registered defaults,
   plus the residual reference, at depth 56 on the quick schedule.
 """
@@ -41,6 +53,7 @@ from timm_pnnh.bench import benchmark, check_device, int_arg, model_spec
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, plot_retention, retention
 from timm_pnnh.errors import UsageError
+from timm_pnnh.models.pnnh_resnet import CIFAR_DEPTHS
 from timm_pnnh.files import atomic_write, markdown_table as write_table, save_figure, write_json
 from timm_pnnh.training import Recipe
 
@@ -50,6 +63,13 @@ RESNET_NAMES = {'plain': 'plain_resnet{depth}', 'residual': 'cifar_resnet{depth}
 # small-image ViTs: rows only for the names timm knows (registered by timm_pnnh when that family is present)
 VIT_NAMES = {'plain': 'plain_vit_tiny_patch4_32', 'residual': 'cifar_vit_tiny_patch4_32', 'pnnh': 'pnnh_vit_tiny_patch4_32'}
 VIT_KWARGS = (('img_size', 28),)
+# ViTs train with AdamW (timm's and the ViT ablation's choice), not the ResNets' SGD at lr 0.1
+VIT_RECIPE = dict(opt='adamw', lr=1e-3, weight_decay=0.05)
+
+
+def row_recipe(row: 'Row', preset: 'Preset') -> Recipe:
+    """The preset's recipe, with the ViT optimiser for ViT rows."""
+    return replace(preset.recipe, **VIT_RECIPE) if row.arch == 'vit' else preset.recipe
 # one knob at a time from the registered defaults (models/pnnh_resnet.py PNNH_KNOBS), then the
 # combination of the project notes' first reading (C/2 3x3 Kaiming coder with a norm)
 ABLATION_KNOBS: Tuple[Tuple[Tuple[str, Any], ...], ...] = (
@@ -216,15 +236,16 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
         model = model.cpu().to(memory_format=torch.contiguous_format)
         trained_retention.extend(retention(model, *data.diag, batch_stats=False))
 
-    result = training.train_and_evaluate(row.model, data.train, data.test, preset.recipe, seed=seed, model_kwargs=kwargs,
+    result = training.train_and_evaluate(row.model, data.train, data.test, row_recipe(row, preset), seed=seed, model_kwargs=kwargs,
                                          progress=progress, on_trained=on_trained, device=preset.device,
                                          eval_every=preset.steps_per_epoch or 0)
     if preset.epochs:
         for point in result.curve:
             point['epoch'] = point['step'] / preset.steps_per_epoch
             log(f'    epoch {point["epoch"]:.2f}: test acc {point["test_acc"]:.2f}%')
-    if result.diverged_step is not None:
+    if result.diverged_step is not None:  # nothing to measure in a diverged net
         log(f'    diverged: the loss was not finite at step {result.diverged_step}')
+        trained_retention = [dict(r, **{m: float('nan') for m in MEASURES}) for r in init_retention]
     return dict(label=row.label, family=row.family, model=row.model, arch=row.arch, depth=row.depth,
                 model_kwargs=dict(row.kwargs), seed=seed, params=result.params, test_acc=result.test_acc,
                 final_train_loss=result.final_train_loss,
@@ -235,7 +256,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
     """What a record must match to be reused."""
-    return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(preset.recipe),
+    return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(row_recipe(row, preset)),
                 train_size=len(data.train[0]), test_size=len(data.test[0]), diag_batch=preset.diag_batch,
                 data=data.source, retention=RETENTION_METHOD, eval_every=preset.steps_per_epoch or 0,
                 device=preset.device)
@@ -532,8 +553,9 @@ def resolve_preset(args) -> Preset:
                 raise ValueError(f'--{name}={value} is not allowed: give distinct values')
             changes[name] = tuple(value)
     for depth in changes.get('depths', preset.depths):
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f'--depths value {depth} is not allowed: CIFAR-style ResNet depths are 6n+2 (20, 32, 44, 56, 110, ...)')
+        if not all(timm.is_model(name.format(depth=depth)) for name in RESNET_NAMES.values()):
+            raise ValueError(f'--depths value {depth} is not allowed: the registered CIFAR-style ResNet depths are '
+                             f'{", ".join(map(str, CIFAR_DEPTHS))}')
     for name in ('train_size', 'test_size', 'diag_batch', 'epochs'):
         value = getattr(args, name)
         if value is not None:

@@ -117,7 +117,8 @@ def train_and_evaluate(
 
     The seed fixes the model's initialisation and the batch order, so two models trained with the
     same seed see the same batches. ``progress(step, loss)`` is called after every step;
-    ``on_trained(model)`` once with the trained model (in eval mode), after scoring. With
+    ``on_trained(model)`` once with the trained model (in eval mode), after scoring, unless the run
+    diverged. With
     ``eval_every=N`` the test accuracy after every N steps goes into ``RunResult.curve`` (the last
     point is the final score). A loss that is not finite stops the run: ``diverged_step`` names the
     step and the test accuracy is that of the model at that point. Speed is not measured here
@@ -174,7 +175,7 @@ def train_and_evaluate(
     if eval_every:
         curve.append(dict(step=step + 1 if diverged_step is None else diverged_step, test_acc=test_acc,
                           train_loss=loss.item()))
-    if on_trained is not None:
+    if on_trained is not None and diverged_step is None:
         on_trained(model)
     return RunResult(
         model=model_name, seed=seed, params=sum(p.numel() for p in model.parameters()), test_acc=test_acc,
