@@ -31,6 +31,7 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 from timm.utils.model import reparameterize_model
 
+from timm_pnnh.files import replace_folder
 from timm_pnnh.models._converted import (
     CONVERSIONS, ConversionError, add_coders, pnnh_resnet_coders, pnnh_vit_coders)
 
@@ -133,13 +134,7 @@ def write_folder(pnnh: torch.nn.Module, name: str, args: Dict[str, int], output:
         train_args = argparse.Namespace(model=name, model_kwargs={}, **{k: v for k, v in args.items()})
         torch.save({'arch': name, 'state_dict': pnnh.state_dict(), 'args': train_args, 'epoch': 0},
                    tmp / 'checkpoint.pth.tar')
-        if target.exists():  # the old folder goes aside first, so that a failure leaves one of the two
-            old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -4,13 +4,14 @@ markdown table writer every command prints with."""
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO, Sequence
 
 from timm_pnnh.errors import UsageError
 
-__all__ = ['atomic_write', 'write_json', 'check_markers', 'write_between_markers', 'save_figure', 'markdown_table']
+__all__ = ['atomic_write', 'write_json', 'check_markers', 'write_between_markers', 'save_figure', 'markdown_table', 'replace_folder']
 
 
 def atomic_write(path: os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
@@ -74,3 +75,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(' ---: ' if n else ' --- ' for n in numeric) + '|']
     lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
     return '\n'.join(lines)
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target`` (in the same parent folder). An existing ``target``
+    goes aside first and is removed last, so that a failure leaves one of the two whole."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)

@@ -34,7 +34,7 @@ from timm.models._hub import save_for_hf
 
 import timm_pnnh
 from timm_pnnh.errors import UsageError, read_checkpoint
-from timm_pnnh.files import markdown_table
+from timm_pnnh.files import markdown_table, replace_folder
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 from timm_pnnh.models._converted import CONVERSIONS
@@ -235,13 +235,7 @@ def write_folder(checkpoint: str, results: str, output: str, model_name: Optiona
         save_for_hf(model, tmp, safe_serialization=True)
         (tmp / 'README.md').write_text(card, encoding='utf-8')
         _check_target(target, overwrite)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
