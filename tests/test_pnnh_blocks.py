@@ -216,13 +216,22 @@ def stage_shared(**kwargs):
     torch.manual_seed(0)
     shared = timm.create_model('pnnh_resnet20', coder_sharing='stage', coder_init='kaiming', **kwargs)
     per_block = timm.create_model('pnnh_resnet20', coder_init='kaiming', **kwargs)
-    per_block.load_state_dict(shared.state_dict())
+    per_block.load_state_dict({k: shared.get_submodule(k.rsplit('.', 1)[0]).weight if k.endswith('coder.weight') else v
+                               for k, v in per_block.state_dict().items()} | shared.state_dict())
     return shared, per_block
 
 
 def test_stage_coder_sharing_is_one_parameter_per_stage_counted_once():
     shared, per_block = stage_shared()
-    assert shared.state_dict().keys() == per_block.state_dict().keys()
+    coders = [k for k in shared.state_dict() if k.endswith('coder.weight')]
+    assert coders == ['layer1.0.coder.weight', 'layer2.1.coder.weight', 'layer3.1.coder.weight']  # one per stage
+    assert set(shared.state_dict()) | {k for k in per_block.state_dict() if 'coder' in k} == set(per_block.state_dict())
+    # one entry per stage, so safetensors saves it (it refuses tensors shared between keys) and a new model loads it
+    import safetensors.torch
+    again = timm.create_model('pnnh_resnet20', coder_sharing='stage')
+    again.load_state_dict(safetensors.torch.load(safetensors.torch.save(shared.state_dict())))
+    assert all(b.coder.weight is pnnh_blocks(again.layer1)[0].coder.weight for b in pnnh_blocks(again.layer1))
+    torch.testing.assert_close(pnnh_blocks(again.layer1)[-1].coder.weight, pnnh_blocks(shared.layer1)[-1].coder.weight)
     for stage, n_pnnh in ((shared.layer1, 3), (shared.layer2, 2), (shared.layer3, 2)):
         weights = [b.coder.weight for b in pnnh_blocks(stage)]
         assert len(weights) == n_pnnh and all(w is weights[0] for w in weights)

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from safetensors.torch import load, save
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh import blocks
 from timm_pnnh.models import pnnh_resnet, pnnh_vit
 from timm_pnnh.reparam import reparameterize_model
 
@@ -45,12 +44,13 @@ def ratio(low, high):
 def resnet_knobs():
     # every knob of PNNH_KNOBS gets a strategy (a new knob fails here until it gets one)
     knobs = dict(
-        coder_ratio=ratio(0.0, 1.0),
+        coder_ratio=ratio(0.0, pnnh_resnet.MAX_CODER_RATIO),
         learner_ratio=ratio(0.0, 4.0),
-        coder_kernel=st.sampled_from(blocks.CODER_KERNELS + (2,)),
-        coder_init=st.sampled_from(blocks.CODER_INITS + ('zeros',)),
+        coder_kernel=st.sampled_from(pnnh_resnet.CODER_KERNELS + (2,)),
+        coder_init=st.sampled_from(pnnh_resnet.CODER_INITS + ('zeros',)),
         coder_norm=st.booleans(),
         coder_lr_scale=st.sampled_from([0.01, 0.1, 0.5, 1.0, 0.0, 1.5]),
+        coder_sharing=st.sampled_from(pnnh_resnet.CODER_SHARING + ('layer',)),
     )
     assert set(knobs) == set(pnnh_resnet.PNNH_KNOBS)
     return st.fixed_dictionaries({}, optional=knobs)
@@ -140,7 +140,7 @@ def test_pnnh_resnet_knob_properties(name, kwargs, sizes):
     @settings(max_examples=8, **PROPERTY_SETTINGS)
     @given(knobs=resnet_knobs(), size=st.sampled_from(sizes))
     def prop(knobs, size):
-        check_properties(name, kwargs, knobs, size, blocks.check_pnnh_args)
+        check_properties(name, kwargs, knobs, size, pnnh_resnet.check_pnnh_args)
     prop()
 
 

@@ -90,7 +90,8 @@ class _Coder(nn.Module):
     decay shrinks ``E`` at the usual relative rate. Works with any training script, timm's included.
     ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
     encoder and decoder share. ``weight``: a Parameter to use instead of a new one (``coder_sharing='stage'``:
-    the blocks of a stage hold the same one; the first block initialised it).
+    the blocks of a stage use the same one; the first block initialised it and alone registers it, so it
+    is one entry of the state dict, counted and saved once, safetensors included).
 
     ``code(x, act)`` is the coder's output. A ReLU coder without norm runs as one operation that
     recomputes its code in backward instead of saving it (``coder_ops.relu_coder``, ``recompute``
@@ -108,7 +109,10 @@ class _Coder(nn.Module):
         shape = (coder_channels, channels, kernel_size, kernel_size)
         if weight is not None and tuple(weight.shape) != shape:
             raise ValueError(f'coder weight of shape {tuple(weight.shape)} is not allowed here: it must be {shape}')
-        self.weight = weight if weight is not None else nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        if weight is None:
+            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        else:  # the stage's first coder owns (registers, saves, counts) the Parameter; this one only uses it
+            object.__setattr__(self, 'weight', weight)
         self.norm = norm_layer(coder_channels, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
         self.init = init
         if weight is None:
