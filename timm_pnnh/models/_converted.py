@@ -176,7 +176,9 @@ def pnnh_vit_coders(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     for name, block in model.named_modules():
         if not isinstance(block, PnnhBlock):
             continue
-        if block.inference_mode or block.coder2 is None:
+        if block.inference_mode:  # folded: its weights are the deployed form, nothing to convert
+            continue
+        if block.coder2 is None:
             problems.append(f'{name} is not sequential (arrangement=\'sequential\' needed)')
             continue
         for coder_name in ('coder', 'coder2'):
