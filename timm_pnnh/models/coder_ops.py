@@ -19,6 +19,8 @@ this path (``recompute_applies``): with a BatchNorm on the code, recomputing wou
 batch statistics again and save as much as it spares, and other activations would need their own
 derivative; those coders keep the plain autograd form.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -59,7 +61,9 @@ class _ReluCoder(torch.autograd.Function):
     def forward(ctx, x, weight, gain: float, padding: int, dilation: int):
         ctx.gain, ctx.padding, ctx.dilation = gain, padding, dilation
         ctx.rows = weight.shape[-1] == 1 and x.is_contiguous(memory_format=torch.channels_last)
-        ctx.autocast = x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type)
+        device = x.device.type  # autocast state to restore in backward (none on devices without autocast, e.g. meta)
+        amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        ctx.autocast = (device, torch.get_autocast_dtype(device)) if amp else None
         ctx.save_for_backward(x, weight)
         kernel = weight * gain if gain != 1.0 else weight
         if ctx.rows:
@@ -74,7 +78,7 @@ class _ReluCoder(torch.autograd.Function):
         gain, p, d = ctx.gain, ctx.padding, ctx.dilation
         need_x, need_weight = ctx.needs_input_grad[:2]
         grad_x = grad_weight = None
-        with torch.autocast(*ctx.autocast[:1], dtype=ctx.autocast[2], enabled=ctx.autocast[1]):  # forward's precision
+        with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]) if ctx.autocast else nullcontext():  # forward's precision
             kernel = weight * gain if gain != 1.0 else weight
             if ctx.rows:
                 matrix, x_rows, grad_rows = kernel.flatten(1), _rows(x), _rows(grad_out)
