@@ -80,7 +80,7 @@ CASES = [
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--out', '{plain}/sub'], r"--out='.*plain.md/sub': '.*plain.md' exists "
                                                                         r'and is not a folder'),
     # study (values checked before the sweep)
-    (['study', '--depths', '21'], r'--depths value 21 is not allowed: CIFAR-style ResNet depths are 6n\+2'),
+    (['study', '--depths', '21'], r'--depths value 21 is not allowed: the registered CIFAR-style ResNet depths are 20, 32'),
     (['study', '--seeds', '1', '1'], r'--seeds=\[1, 1\] is not allowed: give distinct values'),
     (['study', '--steps', '0'], r'--steps=0 is not allowed: it must be >= 1'),
     (['study', '--batch-size', '-1'], r'--batch-size=-1 is not allowed: it must be >= 1'),
