@@ -105,6 +105,7 @@ class _ReluCoder(torch.autograd.Function):
 
 
 @register_notrace_function  # one leaf call in timm's feature-extraction trace
+@torch.jit.ignore  # a traced graph that calls it still scripts; TorchScript runs it as Python
 @torch.fx.wrap  # and in torch.fx.symbolic_trace, when called as ``coder_ops.relu_coder``
 def relu_coder(x: torch.Tensor, weight: torch.Tensor, gain: float = 1.0, padding: int = 0,
                dilation: int = 1) -> torch.Tensor:
