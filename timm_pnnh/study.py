@@ -99,12 +99,23 @@ DECIDING_VARIANTS = FAMILY_VARIANTS + (
     ('pnnh', (('learner_ratio', 0.5),)),
     ('residual', (('block_reduce_first', 2),)),
 )
-CONVERGED_VARIANTS = DECIDING_VARIANTS + (
-    ('pnnh', (('learner_ratio', 0.25),)),
-    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5))),  # deployed form no wider than the residual net
-    ('pnnh', (('coder_sharing', 'stage'),)),  # the other reading of "weight-sharing coder" (PAPER.md)
+# where the paper's claims would live: the block's hidden channels split between coder and learner
+# (deployed exactly as wide as the residual net at 0.5/0.5), the same with one coder per stage (the
+# other reading of "weight-sharing coder", PAPER.md), the quarter split, and the residual control of
+# the quarter split's budget
+SPLIT_VARIANTS = (
+    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5))),
+    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5), ('coder_sharing', 'stage'))),
+    ('pnnh', (('coder_ratio', 0.25), ('learner_ratio', 0.25))),
     ('residual', (('block_reduce_first', 4),)),
 )
+CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + (
+    ('pnnh', (('learner_ratio', 0.25),)),
+    ('pnnh', (('coder_sharing', 'stage'),)),
+)
+# the rows that decide, on a longer schedule: the residual net, PNNH at its defaults, and the split-width
+# PNNH row (chosen before its 3-epoch result: it is the one deployed exactly as wide as the residual net)
+LONG_VARIANTS = (('residual', ()), ('pnnh', ()), SPLIT_VARIANTS[0])
 
 
 @dataclass(frozen=True)
@@ -153,9 +164,14 @@ PRESETS = {
     'converged': Preset('converged', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(20, 56, 110),
                         seeds=(0, 1, 2), train_size=60000, test_size=None, diag_batch=256, vit=True, epochs=30,
                         variants=CONVERGED_VARIANTS, device='cuda'),
-    # the rows that decide the claims, at depth 56, on 2 CPU cores (about 2.5 hours)
+    # the rows that decide the claims, at depth 56, on 2 CPU cores (fp32: the recipe its first rows ran with)
     'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
-                            train_size=60000, test_size=None, diag_batch=256, epochs=3, variants=DECIDING_VARIANTS),
+                            train_size=60000, test_size=None, diag_batch=256, epochs=3,
+                            variants=DECIDING_VARIANTS + SPLIT_VARIANTS),
+    # the deciding rows for 10 epochs on 2 CPU cores, with bf16 autocast (2x the fp32 training speed
+    # on a CPU with AMX; docs/study.md has the paired check that it learns the same)
+    'long-cpu': Preset('long-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(56,), seeds=(0, 1),
+                       train_size=60000, test_size=None, diag_batch=256, epochs=10, variants=LONG_VARIANTS),
 }
 
 
@@ -545,6 +561,8 @@ def resolve_preset(args) -> Preset:
     if args.steps is not None or args.batch_size is not None:
         recipe = replace(recipe, steps=args.steps if args.steps is not None else recipe.steps,
                          batch_size=args.batch_size if args.batch_size is not None else recipe.batch_size)
+    if args.amp is not None:
+        recipe = replace(recipe, amp=None if args.amp == 'fp32' else args.amp)
     changes = dict(recipe=recipe)
     for name in ('seeds', 'depths'):
         value = getattr(args, name)
@@ -572,7 +590,7 @@ def resolve_preset(args) -> Preset:
 
 def command_line(args) -> str:
     parts = ['timm-pnnh', 'study', '--preset', args.preset]
-    for name in ('seeds', 'depths', 'steps', 'epochs', 'batch_size', 'train_size', 'test_size', 'diag_batch', 'device',
+    for name in ('seeds', 'depths', 'steps', 'epochs', 'batch_size', 'amp', 'train_size', 'test_size', 'diag_batch', 'device',
                  'data_dir', 'out'):
         value = getattr(args, name)
         if value is not None and not (name == 'out' and value == default_out(args.preset)):
@@ -634,6 +652,8 @@ def register(subparsers) -> None:
     parser.add_argument('--epochs', type=int, default=None, help='override the preset\'s epochs (presets that count epochs)')
     parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: the preset\'s)')
     parser.add_argument('--batch-size', type=int, default=None)
+    parser.add_argument('--amp', choices=('fp32', 'bf16'), default=None,
+                        help="override the preset's precision: fp32, or bf16 autocast")
     parser.add_argument('--train-size', type=int, default=None)
     parser.add_argument('--test-size', type=int, default=None)
     parser.add_argument('--diag-batch', type=int, default=None, help='images per retention batch (fit and score)')
