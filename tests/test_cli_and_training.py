@@ -13,7 +13,7 @@ from timm_pnnh.cli import main
 from timm_pnnh.models import registered_models
 from timm_pnnh.training import Recipe, train_and_evaluate
 
-README = Path(__file__).resolve().parents[1] / 'README.md'
+MODELS_PAGE = Path(__file__).resolve().parents[1] / 'docs' / 'models.md'
 
 
 def test_prepare_lays_out_debians_files_for_torchvision(fake_fashion_mnist):
@@ -69,8 +69,8 @@ def test_models_command_lists_every_registered_model():
     assert out == registered_models() and len(out) >= 25
 
 
-def test_readme_models_table_is_the_commands_output():
-    text = README.read_text()
+def test_docs_models_table_is_the_commands_output():
+    text = MODELS_PAGE.read_text()
     match = re.search(r'<!-- models-table:start -->\n(.*?)\n<!-- models-table:end -->', text, re.S)
-    assert match, 'README.md lacks the generated models table'
+    assert match, 'docs/models.md lacks the generated models table'
     assert match.group(1).strip() == markdown_table([describe(name) for name in registered_models()]).strip()

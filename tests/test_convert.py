@@ -260,6 +260,9 @@ def test_a_converted_imagenet_checkpoint_is_accepted_by_publish(tmp_path):
                      '--output', str(tmp_path / 'hub')]) == 0
     card = (tmp_path / 'hub' / 'README.md').read_text()
     assert 'ImageNet-1k' in card
+    # the card says what the weights are: converted from the residual checkpoint, not trained here
+    assert 'converted them exactly from a timm `resnet18` checkpoint' in card and 'were trained by timm-pnnh' not in card
+    assert 'a convolution E and its adjoint' in card and 'Trained with timm' not in card
     model = timm.create_model('local-dir:' + str(tmp_path / 'hub'), pretrained=True).eval()
     x = images(64)
     with torch.no_grad():

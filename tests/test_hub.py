@@ -385,12 +385,26 @@ def test_hub_download_then_offline_cache_load(source, tmp_path, local_hub):
     assert len(local_hub.requests) == served
 
 
-def test_model_card_template_states_which_weights_exist():
+def test_model_card_template_is_package_data_and_the_root_card_is_no_template():
     template = hub.DEFAULT_TEMPLATE.read_text()
     assert hub.DEFAULT_TEMPLATE.parent == Path(timm_pnnh.__file__).parent  # package data, in a wheel too
-    assert (ROOT / 'MODEL_CARD.md').read_text() == template
-    assert ('**Which weights exist: none yet.**' in template) == (not _cfgs.PUBLISHED)
-    for name in _cfgs.PUBLISHED:
-        assert f'`{name}`' in template, f'{name} is published but MODEL_CARD.md does not say so'
+    root_card = (ROOT / 'MODEL_CARD.md').read_text()
+    assert '${' not in root_card and 'template-notes' not in root_card
     rendered = hub.render_card(template, {k: 'X' for k in re.findall(r'\$\{(\w+)\}', template)})
-    assert 'Which weights exist' not in rendered and '${' not in rendered
+    assert 'template-notes' not in rendered and '${' not in rendered
+
+
+@pytest.mark.parametrize('architecture, tag, meta, says', [
+    ('pnnh_resnet20', 'fmnist', {}, ('trained by timm-pnnh', 'Trained with timm', 'a convolution E and its adjoint')),
+    ('pnnh_vit_tiny_patch4_32', 'cifar10', {}, ('trained by timm-pnnh', 'a linear map E and its transpose')),
+    ('pnnh_resnet50', 'a1_in1k', {}, ("fine-tuned by timm-pnnh as a PNNH net, starting from timm's `resnet50.a1_in1k`",)),
+    ('pnnh_resnet50', 'a1_in1k', {'converted_from': 'resnet50'}, ('converted them exactly from a timm `resnet50`',)),
+    ('plain_resnet20', 'fmnist', {}, ('plain baseline', 'trained by timm-pnnh')),
+])
+def test_the_card_says_what_the_weights_are_and_describes_the_family(architecture, tag, meta, says):
+    provenance, training = hub.provenance(architecture, tag, meta, 'train_configs/x.yaml')
+    text = f'{provenance} {training} {hub.coder_description(architecture)}'
+    for phrase in says:
+        assert phrase in text, (phrase, text)
+    if meta:
+        assert 'train_configs/x.yaml' not in text and 'were trained by timm-pnnh' not in text

@@ -132,8 +132,9 @@ def write_folder(pnnh: torch.nn.Module, name: str, args: Dict[str, int], output:
         model_args = {**(dict(conversion.model_args) if conversion else {}), **args}
         save_for_hf(pnnh, tmp, model_args=model_args, safe_serialization=True)
         train_args = argparse.Namespace(model=name, model_kwargs={}, **{k: v for k, v in args.items()})
-        torch.save({'arch': name, 'state_dict': pnnh.state_dict(), 'args': train_args, 'epoch': 0},
-                   tmp / 'checkpoint.pth.tar')
+        # converted_from: the residual architecture, so that `timm-pnnh publish` says what these weights are
+        torch.save({'arch': name, 'state_dict': pnnh.state_dict(), 'args': train_args, 'epoch': 0,
+                    'converted_from': name.split('.')[0].removeprefix('pnnh_')}, tmp / 'checkpoint.pth.tar')
         replace_folder(tmp, target)
     finally:
         if tmp.exists():

@@ -2,9 +2,9 @@
 
 The folder holds what timm's own ``save_for_hf`` writes (``config.json`` with ``architecture``,
 ``num_classes``, ``model_args`` and ``pretrained_cfg``; ``model.safetensors``, no pickle) and a
-``README.md`` rendered from the model card template ``MODEL_CARD.md`` (package data; the repository's
-``MODEL_CARD.md`` links to it) with the numbers of the results
-file. Without ``--dry-run`` the folder is then uploaded with huggingface_hub (``HfApi.upload_folder``).
+``README.md`` rendered from the model card template ``MODEL_CARD.md`` (package data) with the numbers of
+the results file, what the weights are (trained here, or converted by ``timm-pnnh convert``) and the coder of
+the model's family. Without ``--dry-run`` the folder is then uploaded with huggingface_hub (``HfApi.upload_folder``).
 
 Refused, with nothing written: a model that timm-pnnh does not register, a tag without a cfg, a checkpoint
 whose keys or shapes differ from the model that ``create_model('<model>.<tag>')`` builds, a classifier
@@ -167,6 +167,44 @@ def render_card(template: str, values: Dict[str, Any]) -> str:
         raise PublishError(f'the model card template has a placeholder that publish does not fill: {e}') from e
 
 
+CODERS = {
+    'pnnh_resnet': 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution with '
+                   'the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
+                   'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds into one '
+                   'plain conv -> act -> conv. As in the paper\'s Figure 2, the blocks that change stride or width '
+                   'keep the original residual block.',
+    'pnnh_vit': 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) around a '
+                'GELU, in place of the residual stream beside attention and MLP, whose last projections start at '
+                'zero; at deployment the coder and the MLP fold into one plain Linear -> act -> Linear.',
+    'plain_': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
+              'removed, and no coder.',
+    'cifar_': 'this model is a residual baseline of the comparison, with no coder.',
+}
+
+
+def coder_description(architecture: str) -> str:
+    """What the coder of ``architecture``'s family is (``CODERS``), for the model card."""
+    return next(text for prefix, text in CODERS.items() if architecture.startswith(prefix))
+
+
+def provenance(architecture: str, tag: str, meta: Dict[str, Any], train_config: str) -> Tuple[str, str]:
+    """(what the weights are, the card's training section): converted by ``timm-pnnh convert`` (the checkpoint
+    says ``converted_from``), fine-tuned from timm's converted weights (a converted tag), or trained here."""
+    recipe = (f"Trained with timm's `train.py` and the recipe file `{train_config}` of the timm-pnnh repository. The "
+              f"checkpoint records these train.py arguments:\n\n{_recipe_table(meta.get('args'))}")
+    if meta.get('converted_from'):
+        return (f"These weights were not trained by timm-pnnh: `timm-pnnh convert` converted them exactly from a timm "
+                f"`{meta['converted_from']}` checkpoint (the PNNH net computes the same function as its residual "
+                f"source), and the results below are measured on them.",
+                f"None here: the weights are the residual `{meta['converted_from']}` checkpoint's, converted without "
+                f"training. Its own training recipe applies.")
+    conversion = CONVERSIONS.get(f'{architecture}.{tag}')
+    if conversion is not None:
+        return (f"These weights were fine-tuned by timm-pnnh as a PNNH net, starting from timm's "
+                f"`{conversion.source}` converted exactly.", recipe)
+    return 'These weights were trained by timm-pnnh, not by the paper\'s authors.', recipe
+
+
 def _card_values(model, name: str, repo_id: str, result: Dict[str, Any], meta: Dict[str, Any], use_ema: bool,
                  train_config: str) -> Dict[str, Any]:
     architecture, tag = name.split('.')
@@ -183,7 +221,8 @@ def _card_values(model, name: str, repo_id: str, result: Dict[str, Any], meta: D
         input_size='x'.join(str(s) for s in cfg['input_size']), num_classes=cfg['num_classes'],
         mean=fmt(cfg['mean']), std=fmt(cfg['std']), crop_pct=cfg['crop_pct'],
         weights='the EMA weights (`state_dict_ema`)' if use_ema else 'the trained weights (`state_dict`)',
-        epoch=meta.get('epoch', 'not recorded'), train_config=train_config, recipe=_recipe_table(meta.get('args')),
+        epoch=meta.get('epoch', 'not recorded'), coder=coder_description(architecture),
+        **dict(zip(('provenance', 'training'), provenance(architecture, tag, meta, train_config))),
         timm_version=timm.__version__, timm_pnnh_version=timm_pnnh.__version__,
     )
 
