@@ -10,6 +10,7 @@ import timm
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh import data, report, study, training
+from timm_pnnh.study import presets, runs
 from timm_pnnh.cli import main
 
 
@@ -39,7 +40,7 @@ def test_presets_sweep_the_three_families_at_the_paper_depths():
 
 def test_vit_rows_appear_only_for_registered_names(monkeypatch):
     known = set()
-    monkeypatch.setattr(study.timm, 'is_model', lambda name: name in known)
+    monkeypatch.setattr(presets.timm, 'is_model', lambda name: name in known)
     assert not [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
     known.update(study.VIT_NAMES.values())
     vits = [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
@@ -85,7 +86,7 @@ def test_resume_does_not_redo_finished_runs(fake_fashion_mnist, tmp_path, monkey
             raise KeyboardInterrupt  # the sweep is stopped half-way
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(study.training, 'train_and_evaluate', counting)
+    monkeypatch.setattr(runs.training, 'train_and_evaluate', counting)
     out = tmp_path / 'out'
     fail_on = 2
     with pytest.raises(KeyboardInterrupt):
@@ -334,8 +335,8 @@ def test_unwritable_output_folder_is_refused_before_training(fake_fashion_mnist,
 def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, monkeypatch, usage_error):
     import shutil
     real = shutil.disk_usage
-    monkeypatch.setattr(study.shutil, 'disk_usage', lambda path: real(path)._replace(free=1024))
+    monkeypatch.setattr(runs.shutil, 'disk_usage', lambda path: real(path)._replace(free=1024))
     calls = []
-    monkeypatch.setattr(study.training, 'train_and_evaluate', lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runs.training, 'train_and_evaluate', lambda *a, **k: calls.append(a))
     message = usage_error(['study', '--data-dir', fake_fashion_mnist, '--out', tmp_path / 'study', *TINY])
     assert 'has 0.0 MiB free; the study needs about 7 MiB for 6 run records' in message and calls == []

@@ -42,7 +42,7 @@ def check_study_arguments(args) -> None:
     """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
     from timm_pnnh.bench import check_device
     from timm_pnnh.data import require_fashion_mnist
-    from timm_pnnh.study import resolve_preset
+    from timm_pnnh.study.presets import resolve_preset
     if args.device is not None:
         try:
             check_device(args.device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.files import atomic_write, markdown_table as write_table, write_between_markers
-from timm_pnnh.study import epochs_table, fmt_acc, markdown_table
+from timm_pnnh.study.summary import epochs_table, fmt_acc, markdown_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"

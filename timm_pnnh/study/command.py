@@ -1,0 +1,95 @@
+"""The ``timm-pnnh study`` command: its arguments, the run (sweep, speed, summary, plots, study.json)
+and what it prints."""
+import argparse
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import timm
+import torch
+
+from timm_pnnh.bench import int_arg
+from timm_pnnh.files import write_json
+from timm_pnnh.study.plots import write_plots
+from timm_pnnh.study.presets import PRESETS, VIT_NAMES, preset_rows, resolve_preset
+from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
+from timm_pnnh.study.summary import epochs_table, markdown_table, summarize
+
+def command_line(args) -> str:
+    parts = ['timm-pnnh', 'study', '--preset', args.preset]
+    for name in ('seeds', 'depths', 'steps', 'epochs', 'batch_size', 'amp', 'train_size', 'test_size', 'diag_batch', 'device',
+                 'data_dir', 'out'):
+        value = getattr(args, name)
+        if value is not None and not (name == 'out' and value == default_out(args.preset)):
+            parts += [f'--{name.replace("_", "-")}', *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
+    if not args.resume:
+        parts.append('--no-resume')
+    return ' '.join(parts)
+
+
+def default_out(preset: str) -> str:
+    return f'output/study-{preset}'
+
+
+def run(args) -> int:
+    preset = resolve_preset(args)
+    out = Path(args.out if args.out is not None else default_out(args.preset))
+    rows = preset_rows(preset)
+    try:
+        data = load_data(preset, args.data_dir)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    skipped_vit = [n for n in VIT_NAMES.values() if preset.vit and not timm.is_model(n)]
+    print(f'study --preset {preset.name}: {len(rows)} models x {len(preset.seeds)} seeds {list(preset.seeds)}; '
+          f'{preset.recipe.steps} steps of {preset.recipe.batch_size}'
+          f'{f" ({preset.epochs} epochs, test scored after each)" if preset.epochs else ""} on {preset.device}; {data.source}; '
+          f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}' +
+          (f'\n(ViT rows skipped, not registered: {", ".join(skipped_vit)})' if skipped_vit else ''), flush=True)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    check_output(out, len(rows) * len(preset.seeds))
+    records = sweep(rows, preset, data, out, resume=args.resume, log=log)
+    speed = measure_speed(rows, preset, data, out, args.speed_repeats, args.resume, log) if args.speed_repeats else None
+    summary = summarize(rows, records, speed)
+    plots, message = write_plots(summary, out)
+    study = dict(
+        command=command_line(args), preset=preset.name, date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
+        hardware=hardware(preset.device), epochs=preset.epochs, seeds=list(preset.seeds), recipe=asdict(preset.recipe),
+        depths=list(preset.depths), data=data.source, train_seconds=sum(r['seconds'] for r in records),
+        speed=speed and {k: speed[k] for k in ('config', 'ratios', 'settings')}, plots=plots, summary=summary, runs=records)
+    write_json(out / 'study.json', study)
+    print()
+    print(markdown_table(summary))
+    if preset.epochs:
+        print('\nTest accuracy after each epoch:\n\n' + epochs_table(summary))
+    print(f'\nwrote {out / "study.json"}' + (' and ' + ', '.join(str(out / p) for p in plots) if plots else ''))
+    if message:
+        print(message, file=sys.stderr)
+    print(f'README Results: timm-pnnh report --from {out / "study.json"} --write-readme README.md')
+    return 0
+
+
+def register(subparsers) -> None:
+    from timm_pnnh import study  # the package's docstring describes the command
+    parser = subparsers.add_parser('study', help='the depth sweep: plain vs residual vs PNNH on Fashion-MNIST (the main job)',
+                                   description=study.__doc__.split('\n\n')[0])
+    parser.add_argument('--preset', choices=tuple(PRESETS), default='quick')
+    parser.add_argument('--seeds', type=int, nargs='+', default=None, help='override the preset\'s seeds')
+    parser.add_argument('--depths', type=int, nargs='+', default=None, help='override the preset\'s ResNet depths')
+    parser.add_argument('--steps', type=int, default=None, help='override the preset\'s SGD steps')
+    parser.add_argument('--epochs', type=int, default=None, help='override the preset\'s epochs (presets that count epochs)')
+    parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: the preset\'s)')
+    parser.add_argument('--batch-size', type=int, default=None)
+    parser.add_argument('--amp', choices=('fp32', 'bf16'), default=None,
+                        help="override the preset's precision: fp32, or bf16 autocast")
+    parser.add_argument('--train-size', type=int, default=None)
+    parser.add_argument('--test-size', type=int, default=None)
+    parser.add_argument('--diag-batch', type=int, default=None, help='images per retention batch (fit and score)')
+    parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (Debian\'s package is found on its own)')
+    parser.add_argument('--out', default=None, help='output folder (default: output/study-PRESET)')
+    parser.add_argument('--speed-repeats', type=int_arg('--speed-repeats', 0), default=5,
+                        help='timed repeats of the side-by-side speed measurement after training (0: skip it)')
+    parser.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,
+                        help='reuse finished runs whose settings match (default: on)')
+    parser.set_defaults(func=run)

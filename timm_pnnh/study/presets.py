@@ -1,0 +1,187 @@
+"""The study's models and schedules: ``Row`` (one model), ``Preset`` (rows, recipe, seeds, data sizes),
+the named ``PRESETS`` and the command-line overrides (``resolve_preset``)."""
+from dataclasses import dataclass, replace
+from typing import Any, List, Optional, Tuple
+
+import timm
+
+from timm_pnnh.bench import check_device
+from timm_pnnh.models.pnnh_resnet import CIFAR_DEPTHS
+from timm_pnnh.training import Recipe
+
+FAMILIES = ('plain', 'residual', 'pnnh')
+RESNET_NAMES = {'plain': 'plain_resnet{depth}', 'residual': 'cifar_resnet{depth}', 'pnnh': 'pnnh_resnet{depth}'}
+# small-image ViTs: rows only for the names timm knows (registered by timm_pnnh when that family is present)
+VIT_NAMES = {'plain': 'plain_vit_tiny_patch4_32', 'residual': 'cifar_vit_tiny_patch4_32', 'pnnh': 'pnnh_vit_tiny_patch4_32'}
+VIT_KWARGS = (('img_size', 28),)
+# ViTs train with AdamW (timm's and the ViT ablation's choice), not the ResNets' SGD at lr 0.1
+VIT_RECIPE = dict(opt='adamw', lr=1e-3, weight_decay=0.05)
+
+
+def row_recipe(row: 'Row', preset: 'Preset') -> Recipe:
+    """The preset's recipe, with the ViT optimiser for ViT rows."""
+    return replace(preset.recipe, **VIT_RECIPE) if row.arch == 'vit' else preset.recipe
+# one knob at a time from the registered defaults (models/pnnh_resnet.py PNNH_KNOBS), then the
+# combination of the project notes' first reading (C/2 3x3 Kaiming coder with a norm)
+ABLATION_KNOBS: Tuple[Tuple[Tuple[str, Any], ...], ...] = (
+    (), (('coder_lr_scale', 1.0),), (('coder_lr_scale', 0.01),), (('coder_ratio', 0.5),), (('coder_ratio', 0.25),), (('coder_kernel', 3),), (('coder_init', 'kaiming'),),
+    (('coder_init', 'orthogonal'),), (('coder_norm', True),), (('learner_ratio', 0.5),), (('learner_ratio', 0.25),),
+    (('coder_ratio', 0.5), ('coder_kernel', 3), ('coder_init', 'kaiming'), ('coder_norm', True)),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of the sweep: ``label`` names it in tables and plots."""
+    label: str
+    family: str
+    model: str
+    arch: str  # 'resnet' or 'vit'
+    depth: Optional[int] = None  # ResNet depth (6n+2); None for the ViTs
+    kwargs: Tuple[Tuple[str, Any], ...] = ()
+
+
+# (family, model kwargs) per depth: the families at their registered defaults
+FAMILY_VARIANTS: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = tuple((f, ()) for f in FAMILIES)
+# the rows that decide the claims (issue: converged study): the PNNH width variants that could put it
+# ahead, and residual nets whose branch is as narrow as the PNNH learner (timm's ``block_reduce_first``
+# divides the first conv of every residual block, so the control has the same budget)
+DECIDING_VARIANTS = FAMILY_VARIANTS + (
+    ('pnnh', (('learner_ratio', 0.5),)),
+    ('residual', (('block_reduce_first', 2),)),
+)
+# where the paper's claims would live: the block's hidden channels split between coder and learner
+# (deployed exactly as wide as the residual net at 0.5/0.5), the same with one coder per stage (the
+# other reading of "weight-sharing coder", PAPER.md), the quarter split, and the residual control of
+# the quarter split's budget
+SPLIT_VARIANTS = (
+    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5))),
+    ('pnnh', (('coder_ratio', 0.5), ('learner_ratio', 0.5), ('coder_sharing', 'stage'))),
+    ('pnnh', (('coder_ratio', 0.25), ('learner_ratio', 0.25))),
+    ('residual', (('block_reduce_first', 4),)),
+)
+CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + (
+    ('pnnh', (('learner_ratio', 0.25),)),
+    ('pnnh', (('coder_sharing', 'stage'),)),
+)
+# the rows that decide, on a longer schedule: the residual net, PNNH at its defaults, and the split-width
+# PNNH row (chosen before its 3-epoch result: it is the one deployed exactly as wide as the residual net)
+LONG_VARIANTS = (('residual', ()), ('pnnh', ()), SPLIT_VARIANTS[0])
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A study: rows (``variants`` at every depth, or the ablation), a recipe, seeds and data sizes.
+
+    With ``epochs`` the recipe's steps are ``epochs`` passes over the training images (the last partial
+    batch of each pass dropped) and the test set is scored after every epoch.
+    """
+    name: str
+    recipe: Recipe
+    depths: Tuple[int, ...]
+    seeds: Tuple[int, ...]
+    train_size: int
+    test_size: Optional[int]  # None: the whole test set
+    diag_batch: int
+    vit: bool = False
+    ablation: bool = False
+    epochs: Optional[int] = None
+    variants: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = FAMILY_VARIANTS
+    device: str = 'cpu'
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        return self.train_size // self.recipe.batch_size if self.epochs else None
+
+
+def _epochs(preset: Preset) -> Preset:
+    """``preset`` with its recipe's steps set from ``epochs`` (unchanged without epochs)."""
+    if not preset.epochs:
+        return preset
+    if preset.train_size < preset.recipe.batch_size:
+        raise ValueError(f'train_size={preset.train_size} is not allowed with epochs: it must be at least the batch '
+                         f'size {preset.recipe.batch_size}')
+    return replace(preset, recipe=replace(preset.recipe, steps=preset.epochs * preset.steps_per_epoch))
+
+
+PRESETS = {
+    'quick': Preset('quick', Recipe(steps=120, batch_size=64), depths=(20, 56), seeds=(0, 1, 2), train_size=7680,
+                    test_size=2000, diag_batch=128),
+    'full': Preset('full', Recipe(steps=3000, batch_size=128), depths=(20, 56, 110), seeds=(0, 1, 2), train_size=60000,
+                   test_size=None, diag_batch=256, vit=True),
+    'ablation': Preset('ablation', Recipe(steps=120, batch_size=64), depths=(56,), seeds=(0, 1, 2), train_size=7680,
+                       test_size=2000, diag_batch=128, ablation=True),
+    # the whole of Fashion-MNIST until the ranking stops changing: for a GPU (bf16, channels_last)
+    'converged': Preset('converged', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(20, 56, 110),
+                        seeds=(0, 1, 2), train_size=60000, test_size=None, diag_batch=256, vit=True, epochs=30,
+                        variants=CONVERGED_VARIANTS, device='cuda'),
+    # the rows that decide the claims, at depth 56, on 2 CPU cores (fp32: the recipe its first rows ran with)
+    'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
+                            train_size=60000, test_size=None, diag_batch=256, epochs=3,
+                            variants=DECIDING_VARIANTS + SPLIT_VARIANTS),
+    # the deciding rows for 10 epochs on 2 CPU cores, with bf16 autocast (2x the fp32 training speed
+    # on a CPU with AMX; docs/study.md has the paired check that it learns the same)
+    'long-cpu': Preset('long-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(56,), seeds=(0, 1),
+                       train_size=60000, test_size=None, diag_batch=256, epochs=10, variants=LONG_VARIANTS),
+}
+
+
+def knob_label(kwargs) -> str:
+    return ' '.join(f'{k}={v}' for k, v in kwargs)
+
+
+def preset_rows(preset: Preset) -> List[Row]:
+    """The preset's models: ResNet rows per depth, then the ViT rows whose names timm knows."""
+    rows = []
+    if preset.ablation:
+        for depth in preset.depths:
+            rows.append(Row(f'residual-{depth}', 'residual', RESNET_NAMES['residual'].format(depth=depth), 'resnet', depth))
+            for knobs in ABLATION_KNOBS:
+                label = f'pnnh-{depth}' + (f' {knob_label(knobs)}' if knobs else '')
+                rows.append(Row(label, 'pnnh', RESNET_NAMES['pnnh'].format(depth=depth), 'resnet', depth, knobs))
+        return rows
+    for depth in preset.depths:
+        for family, knobs in preset.variants:
+            label = f'{family}-{depth}' + (f' {knob_label(knobs)}' if knobs else '')
+            rows.append(Row(label, family, RESNET_NAMES[family].format(depth=depth), 'resnet', depth, knobs))
+    if preset.vit:
+        for family in FAMILIES:
+            if timm.is_model(VIT_NAMES[family]):
+                rows.append(Row(f'{family}-vit', family, VIT_NAMES[family], 'vit', None, VIT_KWARGS))
+    return rows
+
+
+
+def resolve_preset(args) -> Preset:
+    """The named preset with the command-line overrides applied (ValueError on bad values)."""
+    preset = PRESETS[args.preset]
+    recipe = preset.recipe
+    if args.steps is not None or args.batch_size is not None:
+        recipe = replace(recipe, steps=args.steps if args.steps is not None else recipe.steps,
+                         batch_size=args.batch_size if args.batch_size is not None else recipe.batch_size)
+    if args.amp is not None:
+        recipe = replace(recipe, amp=None if args.amp == 'fp32' else args.amp)
+    changes = dict(recipe=recipe)
+    for name in ('seeds', 'depths'):
+        value = getattr(args, name)
+        if value is not None:
+            if not value or len(set(value)) != len(value):
+                raise ValueError(f'--{name}={value} is not allowed: give distinct values')
+            changes[name] = tuple(value)
+    for depth in changes.get('depths', preset.depths):
+        if not all(timm.is_model(name.format(depth=depth)) for name in RESNET_NAMES.values()):
+            raise ValueError(f'--depths value {depth} is not allowed: the registered CIFAR-style ResNet depths are '
+                             f'{", ".join(map(str, CIFAR_DEPTHS))}')
+    for name in ('train_size', 'test_size', 'diag_batch', 'epochs'):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f'--{name.replace("_", "-")}={value} is not allowed: it must be >= 1')
+            changes[name] = value
+    if args.steps is not None and (changes.get('epochs') or preset.epochs):
+        raise ValueError(f'--steps={args.steps} is not allowed with the {preset.name} preset, which counts epochs: '
+                         'use --epochs')
+    if args.device is not None:
+        changes['device'] = str(check_device(args.device))
+    return _epochs(replace(preset, **changes))
+

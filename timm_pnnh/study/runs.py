@@ -1,0 +1,218 @@
+"""Running the study: the data, one run, the sweep with its resume (one JSON record per finished run,
+reused while its settings match), and the side-by-side speed measurement."""
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+
+from timm_pnnh import training
+from timm_pnnh.bench import benchmark, model_spec
+from timm_pnnh.data import load_fashion_mnist
+from timm_pnnh.diagnostics import MEASURES, diagnosis_images, retention
+from timm_pnnh.errors import UsageError
+from timm_pnnh.files import atomic_write, write_json
+from timm_pnnh.study.presets import Preset, Row, knob_label, row_recipe
+
+RETENTION_METHOD = 'ridge-gcv space-to-depth R^2, linear CKA, fraction > 0'  # records measured otherwise are redone
+
+
+def run_key(row: Row, seed: int) -> str:
+    return re.sub(r'[^A-Za-z0-9_.=-]+', '_', f'{row.label}-seed{seed}')
+
+
+def _digest(settings: Dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Data:
+    train: Tuple[torch.Tensor, torch.Tensor]
+    test: Tuple[torch.Tensor, torch.Tensor]
+    diag: Tuple[torch.Tensor, torch.Tensor]
+    source: str
+
+
+def load_data(preset: Preset, data_dir=None, data_seed: int = 0) -> Data:
+    """Fashion-MNIST subsets drawn once with ``data_seed`` (the same for every run); FileNotFoundError if absent."""
+    images, labels = load_fashion_mnist(data_dir, train=True)
+    test_images, test_labels = load_fashion_mnist(data_dir, train=False)
+    for name, size, available in (('train_size', preset.train_size, len(images)), ('test_size', preset.test_size, len(test_images))):
+        if size is not None and not 0 < size <= available:
+            raise ValueError(f'{name}={size} is not allowed: it must be in [1, {available}]')
+    gen = torch.Generator().manual_seed(data_seed)
+    train_idx = torch.randperm(len(images), generator=gen)[:preset.train_size]
+    test_idx = torch.randperm(len(test_images), generator=gen)[:preset.test_size or len(test_images)]
+    fit, score, source = diagnosis_images(preset.diag_batch, 1, images.shape[-1], data_dir, data_seed)
+    return Data((images[train_idx], labels[train_idx]), (test_images[test_idx], test_labels[test_idx]), (fit, score),
+                f'Fashion-MNIST: {len(train_idx)} training images (of {len(images)}), {len(test_idx)} test images; '
+                f'retention on {source}')
+
+
+def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
+    """Train and measure one (model, seed); return its record."""
+    kwargs = dict(row.kwargs, num_classes=10, in_chans=data.train[0].shape[1])
+    tic = time.perf_counter()
+    torch.manual_seed(seed)  # the same initialisation train_and_evaluate builds
+    init_model = timm.create_model(row.model, **kwargs)
+    init_retention = retention(init_model, *data.diag, batch_stats=True)
+    del init_model
+    trained_retention: List[Dict] = []
+    steps = preset.recipe.steps
+    every = max(1, steps // 4)
+
+    def progress(step, loss):
+        if (step + 1) % every == 0 or step + 1 == steps:
+            log(f'    step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - tic:.0f} s)')
+
+    def on_trained(model):  # measured on the CPU in fp32, whatever the training device
+        model = model.cpu().to(memory_format=torch.contiguous_format)
+        trained_retention.extend(retention(model, *data.diag, batch_stats=False))
+
+    result = training.train_and_evaluate(row.model, data.train, data.test, row_recipe(row, preset), seed=seed, model_kwargs=kwargs,
+                                         progress=progress, on_trained=on_trained, device=preset.device,
+                                         eval_every=preset.steps_per_epoch or 0)
+    if preset.epochs:
+        for point in result.curve:
+            point['epoch'] = point['step'] / preset.steps_per_epoch
+            log(f'    epoch {point["epoch"]:.2f}: test acc {point["test_acc"]:.2f}%')
+    if result.diverged_step is not None:  # nothing to measure in a diverged net
+        log(f'    diverged: the loss was not finite at step {result.diverged_step}')
+        trained_retention = [dict(r, **{m: float('nan') for m in MEASURES}) for r in init_retention]
+    return dict(label=row.label, family=row.family, model=row.model, arch=row.arch, depth=row.depth,
+                model_kwargs=dict(row.kwargs), seed=seed, params=result.params, test_acc=result.test_acc,
+                final_train_loss=result.final_train_loss,
+                diverged_step=result.diverged_step, curve=result.curve,
+                blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
+                seconds=time.perf_counter() - tic)
+
+
+def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
+    """What a record must match to be reused."""
+    return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(row_recipe(row, preset)),
+                train_size=len(data.train[0]), test_size=len(data.test[0]), diag_batch=preset.diag_batch,
+                data=data.source, retention=RETENTION_METHOD, eval_every=preset.steps_per_epoch or 0,
+                device=preset.device)
+
+
+RECORD_KEYS = ('settings_digest', 'test_acc', 'params', 'seed', 'label', 'retention_init', 'retention_trained', 'seconds')
+
+
+def read_record(path: Path) -> Optional[Dict]:
+    """The run record at ``path``, or None when it is unreadable, empty, cut off or lacks a record's keys."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else None
+
+
+RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100 kB), plus as much for plots
+
+
+def check_output(out: Path, runs: int) -> None:
+    """Fail before any training when ``out`` cannot take the study's files: not creatable, not
+    writable, or too little free space for ``runs`` records. UsageError naming --out."""
+    try:
+        (out / 'runs').mkdir(parents=True, exist_ok=True)
+        probe = out / 'runs' / '.write-probe'
+        atomic_write(probe, lambda f: f.write('probe'))
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f'--out={str(out)!r} is not writable: {err.strerror or err}') from None
+    free, needed = shutil.disk_usage(out).free, (runs + 1) * RECORD_BYTES
+    if free < needed:
+        raise UsageError(f'--out={str(out)!r} has {free / 2 ** 20:.1f} MiB free; the study needs about '
+                         f'{needed / 2 ** 20:.0f} MiB for {runs} run records and plots')
+
+
+def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print) -> List[Dict]:
+    """Every (seed, row) run, seeds outermost; finished runs with matching settings are reused."""
+    runs_dir = out / 'runs'
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(seed, row) for seed in preset.seeds for row in rows]
+    records = []
+    for i, (seed, row) in enumerate(todo, start=1):
+        path = runs_dir / f'{run_key(row, seed)}.json'
+        settings = run_settings(row, seed, preset, data)
+        digest = _digest(settings)
+        if resume and path.is_file():
+            record = read_record(path)
+            if record is None:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {path} is empty, cut off or not a run record; running again')
+            elif record.get('settings_digest') == digest:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused '
+                    f'({record["test_acc"]:.2f}%)')
+                records.append(record)
+                continue
+            else:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
+        log(f'[{i}/{len(todo)}] {row.label} seed {seed} ({row.model}{" " + knob_label(row.kwargs) if row.kwargs else ""})')
+        record = run_one(row, seed, preset, data, log)
+        record.update(settings=settings, settings_digest=digest)
+        write_json(path, record)
+        log(f'    test acc {record["test_acc"]:.2f}%  '
+            f'R^2 deepest block {record["retention_init"][-1]["r2"]:.2f} (init) -> {record["retention_trained"][-1]["r2"]:.2f}')
+        records.append(record)
+    return records
+
+
+SPEED_STEPS, SPEED_WARMUP = 3, 2  # per timed repeat, and untimed steps first (``bench.benchmark``)
+
+
+def speed_settings(rows: Sequence[Row], preset: Preset, data: Data, repeats: int) -> Dict:
+    """What ``measure_speed`` runs: every row as a bench spec at the study's batch, input and device."""
+    images = data.train[0]
+    specs = {row.label: model_spec(row.model, dict(row.kwargs, num_classes=10, in_chans=images.shape[1])) for row in rows}
+    reference = next((row.label for row in rows if row.family == 'residual' and not row.kwargs), rows[0].label)
+    return dict(specs=specs, reference=specs[reference], batch_size=preset.recipe.batch_size, img_size=images.shape[-1],
+                device=preset.device, channels_last=preset.recipe.channels_last, amp=preset.recipe.amp,
+                repeats=repeats, steps=SPEED_STEPS, warmup=SPEED_WARMUP, hardware=hardware(preset.device))
+
+
+def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, repeats: int, resume: bool = True,
+                  log=print) -> Dict:
+    """Training, eval and deployed images/s and saved activations of every row, all models in one
+    ``bench.benchmark`` process taking turns (the project's one timer), written to ``OUT/speed.json``;
+    a file with the same settings is reused. Run it on an otherwise idle machine."""
+    settings = speed_settings(rows, preset, data, repeats)
+    path = out / 'speed.json'
+    if resume and path.is_file():
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            report = {}
+        if report.get('settings_digest') == _digest(settings):
+            log(f'speed: measured earlier, reused ({path})')
+            return report
+    log(f'speed: {len(rows)} models side by side, batch {settings["batch_size"]}, {repeats} repeats '
+        f'(timings: keep the machine otherwise idle)')
+    report = benchmark(list(settings['specs'].values()), batch_size=settings['batch_size'], img_size=settings['img_size'],
+                       device=settings['device'], channels_last=settings['channels_last'], amp=settings['amp'],
+                       repeats=repeats, steps=SPEED_STEPS, warmup=SPEED_WARMUP, reference=settings['reference'])
+    report.update(settings=settings, settings_digest=_digest(settings))
+    write_json(path, report)
+    return report
+
+
+
+def hardware(device: str = 'cpu') -> Dict[str, Any]:
+    cpu = platform.processor() or ''
+    try:
+        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    dev = torch.device(device)
+    return dict(cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(dev),
+                gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
+                python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                platform=platform.platform())
+
