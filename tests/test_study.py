@@ -20,7 +20,7 @@ TINY = ['--depths', '20', '--seeds', '0', '1', '--steps', '2', '--batch-size', '
 
 def _args(**overrides):
     base = dict(preset='quick', seeds=None, depths=None, steps=None, batch_size=None, train_size=None, test_size=None,
-                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, speed_repeats=0)
+                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0)
     return Namespace(**dict(base, **overrides))
 
 
@@ -235,7 +235,9 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert '| model | epoch 1 | epoch 2 |' in printed
     result = json.loads((out / 'study.json').read_text())
     labels = [s['label'] for s in result['summary']]
-    assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2']
+    assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2',
+                      'pnnh-20 coder_ratio=0.5 learner_ratio=0.5', 'pnnh-20 coder_ratio=0.5 learner_ratio=0.5 coder_sharing=stage',
+                      'pnnh-20 coder_ratio=0.25 learner_ratio=0.25', 'residual-20 block_reduce_first=4']
     assert result['recipe']['steps'] == 4 and result['epochs'] == 2 and result['recipe']['channels_last'] is True
     for s in result['summary']:
         assert [p['epoch'] for p in s['epochs']] == [1.0, 2.0] and s['epochs'][-1]['acc_mean'] == s['acc_mean']
@@ -250,7 +252,7 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert all((out / p).read_bytes().startswith(b'\x89PNG') for p in result['plots'])
     assert main(argv) == 0
     again = capsys.readouterr().out
-    assert again.count('finished earlier, reused') == 10 and 'speed: measured earlier, reused' in again
+    assert again.count('finished earlier, reused') == 18 and 'speed: measured earlier, reused' in again
     assert main(['report', '--from', str(out / 'study.json')]) == 0
     text = capsys.readouterr().out
     assert 'Test accuracy after each epoch' in text and '| PNNH row | axis |' in text
