@@ -292,7 +292,15 @@ def markdown_table(report: Dict) -> str:
     return write_table(header, rows)
 
 
+def check_arguments(args) -> None:
+    """``bench --json``: a file that can be written (the models and numbers are checked while parsing)."""
+    from timm_pnnh.errors import check_output_file
+    if args.json:
+        check_output_file('--json', args.json)
+
+
 def run(args) -> int:
+    check_arguments(args)
     try:
         report = benchmark([args.model] + args.vs, batch_size=args.batch_size, img_size=args.img_size,
                            device=args.device, channels_last=args.channels_last, amp=args.amp,

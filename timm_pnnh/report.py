@@ -12,7 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from timm_pnnh.files import atomic_write, markdown_table as write_table, write_between_markers
+from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
+from timm_pnnh.files import atomic_write, check_markers, markdown_table as write_table, write_between_markers
 from timm_pnnh.study.summary import epochs_table, fmt_acc, markdown_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
@@ -235,16 +236,33 @@ def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
     return copied
 
 
+STUDY_KEYS = ('command', 'date', 'hardware', 'recipe', 'seeds', 'data', 'train_seconds', 'plots', 'summary')
+
+
+def check_arguments(args) -> None:
+    """The ``report`` values: ``--from`` a study.json, ``--write-readme`` a file with the Results markers."""
+    check_input_file('--from', args.source)
+    try:
+        with open(args.source, encoding='utf-8') as f:
+            study = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f'--from={args.source!r} is not a JSON file ({e}); give the study.json of `timm-pnnh study`') from None
+    missing = [k for k in STUDY_KEYS if k not in study] if isinstance(study, dict) else list(STUDY_KEYS)
+    if missing:
+        raise UsageError(f'--from={args.source!r} is not a study.json of `timm-pnnh study`: no {", ".join(missing)}')
+    if args.write_readme:
+        check_markers(args.write_readme, MARKERS)
+        if args.plots_dir is not None:
+            check_output_dir('--plots-dir', os.path.join(os.path.dirname(args.write_readme), args.plots_dir))
+
+
 def run(args) -> int:
+    check_arguments(args)
     source = Path(args.source)
-    if not source.is_file():
-        raise ValueError(f'--from={args.source!r}: no such file (run `timm-pnnh study` first)')
     study = json.loads(source.read_text())
     plot_dir = None
     if args.write_readme:
         readme = Path(args.write_readme)
-        if not readme.is_file():
-            raise ValueError(f'--write-readme={args.write_readme!r}: no such file')
         if args.plots_dir is None:  # link the plots where the study wrote them (not part of the repository)
             copied = [p for p in study['plots'] if (source.parent / p).is_file()]
             dest = source.parent

@@ -9,12 +9,36 @@ from pathlib import Path
 import timm
 import torch
 
-from timm_pnnh.bench import int_arg
+from timm_pnnh.bench import check_device, int_arg
+from timm_pnnh.data import require_fashion_mnist
+from timm_pnnh.errors import UsageError, check_output_dir
 from timm_pnnh.files import write_json
 from timm_pnnh.study.plots import write_plots
 from timm_pnnh.study.presets import PRESETS, VIT_NAMES, preset_rows, resolve_preset
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
 from timm_pnnh.study.summary import epochs_table, markdown_table, summarize
+
+def check_arguments(args) -> None:
+    """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ValueError as e:
+            raise UsageError(f'--device={args.device!r}: {str(e).split(": ", 1)[-1]}') from None
+    for name in ('steps', 'batch_size'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f'--{name.replace("_", "-")}={value} is not allowed: it must be >= 1')
+    try:
+        resolve_preset(args)
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    require_fashion_mnist(args.data_dir)
+    if args.out is not None:
+        check_output_dir('--out', args.out)
+
 
 def command_line(args) -> str:
     parts = ['timm-pnnh', 'study', '--preset', args.preset]
@@ -33,6 +57,7 @@ def default_out(preset: str) -> str:
 
 
 def run(args) -> int:
+    check_arguments(args)
     preset = resolve_preset(args)
     out = Path(args.out if args.out is not None else default_out(args.preset))
     rows = preset_rows(preset)
