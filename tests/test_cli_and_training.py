@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from timm_pnnh import data
-from timm_pnnh.catalog import describe, markdown_table
+from timm_pnnh.catalog import catalog_table, describe
 from timm_pnnh.cli import main
 from timm_pnnh.models import registered_models
 from timm_pnnh.training import Recipe, train_and_evaluate
@@ -73,4 +73,4 @@ def test_docs_models_table_is_the_commands_output():
     text = MODELS_PAGE.read_text()
     match = re.search(r'<!-- models-table:start -->\n(.*?)\n<!-- models-table:end -->', text, re.S)
     assert match, 'docs/models.md lacks the generated models table'
-    assert match.group(1).strip() == markdown_table([describe(name) for name in registered_models()]).strip()
+    assert match.group(1).strip() == catalog_table([describe(name) for name in registered_models()]).strip()

@@ -285,7 +285,7 @@ def test_a_diverging_run_is_recorded_not_fatal(fake_fashion_mnist, tmp_path):
     assert record['diverged_step'] is not None and 0 < record['diverged_step'] < 6
     summary = study.summarize(rows, records)
     assert summary[0]['diverged_seeds'] == [0] and study.fmt_acc(summary[0]).endswith('(one seed) (1 diverged)')
-    assert '(1 diverged)' in study.markdown_table(summary)
+    assert '(1 diverged)' in study.study_table(summary)
 
 
 def test_interrupted_study_leaves_only_complete_records(fake_fashion_mnist, tmp_path):

@@ -45,7 +45,7 @@ from timm_pnnh.files import markdown_table as write_table, write_json
 from timm_pnnh.reparam import reparameterize_model
 from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
-__all__ = ['benchmark', 'markdown_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image']
+__all__ = ['benchmark', 'bench_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image']
 
 # (key, label, higher is better)
 METRICS = (
@@ -280,7 +280,7 @@ def benchmark(
     return dict(config=config, results=results, ratios=ratios)
 
 
-def markdown_table(report: Dict) -> str:
+def bench_table(report: Dict) -> str:
     """Metrics as rows, one column per model, then one ratio column per model against the reference."""
     names, reference = report['config']['models'], report['config']['reference']
     others = [n for n in names if n != reference]
@@ -312,7 +312,7 @@ def run(args) -> int:
     print(f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
           f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  amp={c['amp']}  "
           f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up")
-    print(markdown_table(report))
+    print(bench_table(report))
     if args.json:
         write_json(args.json, report)
         print(f'wrote {args.json}')

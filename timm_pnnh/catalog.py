@@ -7,7 +7,7 @@ import torch
 
 from timm_pnnh.bench import flops_per_image
 from timm_pnnh.errors import UsageError
-from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers
+from timm_pnnh.files import check_markers, markdown_table, write_between_markers
 from timm_pnnh.models import family_of, registered_models
 
 
@@ -20,8 +20,9 @@ def describe(name: str) -> Dict:
                 gflops=flops_per_image(model, torch.zeros(1, *input_size)))
 
 
-def markdown_table(rows: List[Dict]) -> str:
-    return write_table(
+def catalog_table(rows: List[Dict]) -> str:
+    """One row per model: name, family, input size, parameters and GFLOPs."""
+    return markdown_table(
         ['model', 'family', 'input', 'params (M)', 'GFLOPs'],
         [[f"`{r['model']}`", r['family'], 'x'.join(map(str, r['input_size'])), f"{r['params_m']:.3f}", f"{r['gflops']:.3f}"]
          for r in rows], [False, False, False, True, True])
@@ -40,9 +41,9 @@ def run(args) -> int:
         print('\n'.join(names))
         return 0
     rows = [describe(name) for name in names]
-    print(json.dumps(rows, indent=1) if args.format == 'json' else markdown_table(rows))
+    print(json.dumps(rows, indent=1) if args.format == 'json' else catalog_table(rows))
     if args.write_readme:
-        write_between_markers(args.write_readme, TABLE_MARKERS, markdown_table(rows))
+        write_between_markers(args.write_readme, TABLE_MARKERS, catalog_table(rows))
     return 0
 
 

@@ -63,16 +63,17 @@ def save_figure(fig, path: os.PathLike) -> None:
         plt.close(fig)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] = ()) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[bool] = ()) -> str:
     """A markdown table: ``header`` cells, then one line per row (cells already formatted as text).
 
-    ``numeric[i]`` right-aligns column i (default: the first column left, the others right).
+    The one table writer: each command builds its rows and calls it. ``align[i]`` True right-aligns
+    column i (numbers); default: the first column left, the others right.
     """
-    numeric = list(numeric) or [False] + [True] * (len(header) - 1)
+    align = list(align) or [False] + [True] * (len(header) - 1)
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f'a table row has {len(row)} cells for {len(header)} columns: {row}')
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(' ---: ' if n else ' --- ' for n in numeric) + '|']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(' ---: ' if right else ' --- ' for right in align) + '|']
     lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
     return '\n'.join(lines)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
-from timm_pnnh.files import atomic_write, check_markers, markdown_table as write_table, write_between_markers
-from timm_pnnh.study.summary import epochs_table, fmt_acc, markdown_table
+from timm_pnnh.files import atomic_write, check_markers, markdown_table, write_between_markers
+from timm_pnnh.study.summary import epochs_table, fmt_acc, study_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
@@ -100,7 +100,7 @@ def front_table(summary: Sequence[Dict]) -> str:
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
                       f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + ('' if f['reached'] else ', less accurate: none reaches it'),
                       _pm(d, sd), f"{f['ratio']:.2f}x"])
-    return write_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
+    return markdown_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
                            'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
 
 
@@ -207,7 +207,7 @@ def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
         'taking turns, after training. Retention: ridge reconstruction R^2 of the input from the deepest block\'s '
         'features and linear CKA (`timm-pnnh diagnose`), at initialisation and after training.',
         '',
-        markdown_table(study['summary']),
+        study_table(study['summary']),
         '',
     ]
     per_epoch = epochs_table(study['summary'])

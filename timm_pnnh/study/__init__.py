@@ -39,12 +39,12 @@ from timm_pnnh.study.presets import (
 from timm_pnnh.study.runs import (
     RETENTION_METHOD, Data, check_output, hardware, load_data, measure_speed, read_record, run_key, run_one, run_settings,
     sweep)
-from timm_pnnh.study.summary import epochs_table, fmt_acc, markdown_table, summarize
+from timm_pnnh.study.summary import epochs_table, fmt_acc, study_table, summarize
 from timm_pnnh.study.plots import PLOTS, pareto_front, write_plots
 from timm_pnnh.study.command import register, run
 
 __all__ = [
     'ABLATION_KNOBS', 'FAMILIES', 'PRESETS', 'RESNET_NAMES', 'VIT_NAMES', 'Preset', 'Row', 'preset_rows', 'resolve_preset',
     'row_recipe', 'RETENTION_METHOD', 'Data', 'check_output', 'hardware', 'load_data', 'measure_speed', 'read_record',
-    'run_key', 'run_one', 'run_settings', 'sweep', 'epochs_table', 'fmt_acc', 'markdown_table', 'summarize', 'PLOTS',
+    'run_key', 'run_one', 'run_settings', 'sweep', 'epochs_table', 'fmt_acc', 'study_table', 'summarize', 'PLOTS',
     'pareto_front', 'write_plots', 'register', 'run']

@@ -16,7 +16,7 @@ from timm_pnnh.files import write_json
 from timm_pnnh.study.plots import write_plots
 from timm_pnnh.study.presets import PRESETS, VIT_NAMES, preset_rows, resolve_preset
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
-from timm_pnnh.study.summary import epochs_table, markdown_table, summarize
+from timm_pnnh.study.summary import epochs_table, study_table, summarize
 
 def check_arguments(args) -> None:
     """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
@@ -85,7 +85,7 @@ def run(args) -> int:
         speed=speed and {k: speed[k] for k in ('config', 'ratios', 'settings')}, plots=plots, summary=summary, runs=records)
     write_json(out / 'study.json', study)
     print()
-    print(markdown_table(summary))
+    print(study_table(summary))
     if preset.epochs:
         print('\nTest accuracy after each epoch:\n\n' + epochs_table(summary))
     print(f'\nwrote {out / "study.json"}' + (' and ' + ', '.join(str(out / p) for p in plots) if plots else ''))

@@ -3,7 +3,7 @@ import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.diagnostics import MEASURES
-from timm_pnnh.files import markdown_table as write_table
+from timm_pnnh.files import markdown_table
 from timm_pnnh.study.presets import Row
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
@@ -60,7 +60,8 @@ def _figure(value: Optional[float], fmt: str) -> str:
     return '-' if value is None else format(value, fmt)
 
 
-def markdown_table(summary: Sequence[Dict]) -> str:
+def study_table(summary: Sequence[Dict]) -> str:
+    """One row per model: parameters, accuracy over seeds, the bench figures, retention of the deepest block."""
     header = ['model', 'family', 'depth', 'params', 'deployed params', 'test acc % (mean +- std)', 'seeds',
               'train img/s', 'deployed img/s', 'saved activations MB', 'R^2 deepest block: init -> trained',
               'CKA deepest block: init -> trained']
@@ -70,7 +71,7 @@ def markdown_table(summary: Sequence[Dict]) -> str:
              _figure(s['deploy_img_s'], '.0f'), _figure(s['saved_mb'], '.1f'),
              f"{s['retention_init'][-1]['r2']:.2f} -> {s['retention_trained'][-1]['r2']:.2f}",
              f"{s['retention_init'][-1]['cka']:.2f} -> {s['retention_trained'][-1]['cka']:.2f}"] for s in summary]
-    return write_table(header, rows, [False, False] + [True] * (len(header) - 2))
+    return markdown_table(header, rows, [False, False] + [True] * (len(header) - 2))
 
 
 def epochs_table(summary: Sequence[Dict]) -> str:
@@ -82,5 +83,5 @@ def epochs_table(summary: Sequence[Dict]) -> str:
     for s in summary:
         by_epoch = {p['epoch']: p for p in s['epochs']}
         rows.append([s['label']] + [fmt_acc(dict(by_epoch[e], diverged_seeds=[])) if e in by_epoch else '-' for e in epochs])
-    return write_table(['model'] + [f'epoch {e:g}' for e in epochs], rows)
+    return markdown_table(['model'] + [f'epoch {e:g}' for e in epochs], rows)
 
