@@ -29,18 +29,8 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, 'DEBIAN_DIR', tmp_path / 'nowhere')
     with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
         data.prepare_fashion_mnist(tmp_path)
-    assert main(['compare', '--data-dir', str(tmp_path)]) == 2
+    assert main(['study', '--data-dir', str(tmp_path)]) == 2
     assert 'dataset-fashion-mnist' in capsys.readouterr().err
-
-
-def test_compare_trains_models_side_by_side(fake_fashion_mnist, capsys):
-    code = main(['compare', '--data-dir', str(fake_fashion_mnist), '--train-size', '64', '--batch-size', '32',
-                 '--models', 'pnnh_resnet20', 'plain_resnet20'])
-    out = capsys.readouterr().out
-    assert code == 0
-    rows = [line for line in out.splitlines() if line.startswith('| ') and 'resnet20' in line]
-    assert [r.split('|')[1].strip() for r in rows] == ['pnnh_resnet20', 'plain_resnet20']
-    assert '2 steps of 32' in out
 
 
 def test_training_is_seeded_and_learns():

@@ -47,14 +47,6 @@ CASES = [
     (['models', '--names-only', '--write-readme', '{missing}'], r"--write-readme='.*missing.pth': no such file"),
     (['models', '--filter', 'pnnh_resnet20', '--write-readme', '{plain}'],
      r"--write-readme='.*plain.md': the file has no <!-- models-table:start --> \.\.\. <!-- models-table:end --> block"),
-    # compare
-    (['compare', '--models', 'nonexistent'], r"--models='nonexistent' is not a timm model"),
-    (['compare', '--epochs', '0'], r'--epochs=0.0 is not allowed: it must be > 0'),
-    (['compare', '--epochs', 'nan'], r'--epochs=nan is not allowed: it must be a finite number'),
-    (['compare', '--batch-size', '0'], r'--batch-size=0 is not allowed: it must be >= 1'),
-    (['compare', '--lr', '-1'], r'--lr=-1.0 is not allowed: it must be >= 0'),
-    (['compare', '--data-dir', '{tmp}'], r"--data-dir='.*': Fashion-MNIST not found \(Missing: .*\); install it with "
-                                         r'`apt-get install -y dataset-fashion-mnist`'),
     # diagnose
     ([*DIAGNOSE, '--model', 'nonexistent_model'], NO_MODEL),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{missing}'], r"--checkpoint='.*missing.pth': no such file"),

@@ -17,7 +17,6 @@ from timm_pnnh.errors import UsageError
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
-    'timm_pnnh.compare',
     'timm_pnnh.diagnostics',
     'timm_pnnh.study',
     'timm_pnnh.report',
