@@ -10,7 +10,7 @@ import timm
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh import data, report, study, training
-from timm_pnnh.study import presets, runs
+from timm_pnnh.study import runs
 from timm_pnnh.cli import main
 
 
@@ -38,12 +38,9 @@ def test_presets_sweep_the_three_families_at_the_paper_depths():
     assert study.PRESETS['full'].seeds == study.PRESETS['quick'].seeds
 
 
-def test_vit_rows_appear_only_for_registered_names(monkeypatch):
-    known = set()
-    monkeypatch.setattr(presets.timm, 'is_model', lambda name: name in known)
-    assert not [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
-    known.update(study.VIT_NAMES.values())
+def test_vit_rows_are_in_the_presets_with_vits():
     vits = [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
+    assert [r.model for r in vits] == [study.VIT_NAMES[f] for f in study.FAMILIES] and all(timm.is_model(r.model) for r in vits)
     assert [r.family for r in vits] == list(study.FAMILIES) and all(dict(r.kwargs)['img_size'] == 28 for r in vits)
     assert not [r for r in study.preset_rows(study.PRESETS['quick']) if r.arch == 'vit']
 

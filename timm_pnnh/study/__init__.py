@@ -1,7 +1,7 @@
 """``timm-pnnh study``: the paper's claims measured side by side on Fashion-MNIST (the main job).
 
-A depth sweep over the plain / residual / PNNH families (CIFAR-style ResNets; the small-image ViTs
-when they are registered) and their width variants, every model trained with one shared schedule
+A depth sweep over the plain / residual / PNNH families (CIFAR-style ResNets, and small-image ViTs in the
+``full`` and ``converged`` presets) and their width variants, every model trained with one shared schedule
 (``training.Recipe``: timm's SGD and cosine scheduler; AdamW for the ViTs) and the same seeds. Each
 run records test accuracy (after every epoch for the presets that count epochs), parameters and
 per-block input retention (``diagnostics.retention``) at initialisation and after training. One JSON

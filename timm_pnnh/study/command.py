@@ -6,7 +6,6 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import timm
 import torch
 
 from timm_pnnh.bench import check_device, int_arg
@@ -14,7 +13,7 @@ from timm_pnnh.data import require_fashion_mnist
 from timm_pnnh.errors import UsageError, check_output_dir
 from timm_pnnh.files import write_json
 from timm_pnnh.study.plots import write_plots
-from timm_pnnh.study.presets import PRESETS, VIT_NAMES, preset_rows, resolve_preset
+from timm_pnnh.study.presets import PRESETS, preset_rows, resolve_preset
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
 from timm_pnnh.study.summary import epochs_table, study_table, summarize
 
@@ -66,12 +65,10 @@ def run(args) -> int:
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 2
-    skipped_vit = [n for n in VIT_NAMES.values() if preset.vit and not timm.is_model(n)]
     print(f'study --preset {preset.name}: {len(rows)} models x {len(preset.seeds)} seeds {list(preset.seeds)}; '
           f'{preset.recipe.steps} steps of {preset.recipe.batch_size}'
           f'{f" ({preset.epochs} epochs, test scored after each)" if preset.epochs else ""} on {preset.device}; {data.source}; '
-          f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}' +
-          (f'\n(ViT rows skipped, not registered: {", ".join(skipped_vit)})' if skipped_vit else ''), flush=True)
+          f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}', flush=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     check_output(out, len(rows) * len(preset.seeds))
     records = sweep(rows, preset, data, out, resume=args.resume, log=log)
