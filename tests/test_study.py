@@ -199,6 +199,8 @@ def test_tiny_study_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith('| ') and 'resnet20' in line]
     assert [line.split('|')[2].strip() for line in table] == ['plain', 'residual', 'pnnh']
+    assert 'Against the converged study (results/study-converged-cpu' in printed and 'input retention at init' in printed
+    assert '--write-readme' not in printed  # the demonstration's numbers never go into a results page
     result = json.loads((out / 'study.json').read_text())
     assert len(result['runs']) == 6 and result['seeds'] == [0, 1] and result['recipe']['steps'] == 2
     assert result['command'].startswith('timm-pnnh study --preset quick --seeds 0 1 --depths 20 --steps 2')
@@ -230,6 +232,7 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert '| model | epoch 1 | epoch 2 |' in printed
+    assert 'Results page' not in printed and 'Against the converged study' not in printed  # not the preset as defined
     result = json.loads((out / 'study.json').read_text())
     labels = [s['label'] for s in result['summary']]
     assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2',

@@ -1,4 +1,4 @@
-"""``timm-pnnh report``: the README "Results" section, generated from a study's ``study.json``.
+"""``timm-pnnh report``: the "Results" section of a results page, generated from a study's ``study.json``.
 
 Every verdict line is computed from the numbers (the paper's claims, PAPER.md): plain accuracy vs
 depth, PNNH vs residual at equal depth, parameters at equal accuracy, training throughput ratio,
@@ -8,32 +8,17 @@ input retention. Two rows are compared on their paired per-seed differences (the
 """
 import json
 import os
-import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
 from timm_pnnh.files import atomic_write, check_markers, markdown_table, write_between_markers
-from timm_pnnh.study.summary import epochs_table, fmt_acc, study_table
+from timm_pnnh.study.summary import RETENTION_MARGIN, epochs_table, fmt_acc, fmt_paired, paired, study_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
 PAPER_PARAM_EFFICIENCY = 2.0  # "up to 2x better parameter efficiency"
 REPVGG_DEPLOY = 1.5  # ANCHORS.md: RepVGG deploys 1.5-2x faster than the ResNet of its accuracy
-RETENTION_MARGIN = 0.05  # R^2 gap counted as a difference in the retention verdict
-
-
-def paired(a: Dict, b: Dict) -> Tuple[float, Optional[float], int]:
-    """Mean and std of ``a - b`` test accuracy over the seeds both rows ran; std None below 2 seeds."""
-    acc_b = dict(zip(b['seeds'], b['test_accs']))
-    diffs = [acc - acc_b[seed] for seed, acc in zip(a['seeds'], a['test_accs']) if seed in acc_b]
-    if not diffs:
-        raise ValueError(f"rows {a['label']!r} and {b['label']!r} share no seed")
-    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None), len(diffs)
-
-
-def _pm(d: float, s: Optional[float]) -> str:
-    return f'{d:+.1f} +- {s:.1f}' if s is not None else f'{d:+.1f} (one seed, no spread)'
 
 
 def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> str:
@@ -99,7 +84,7 @@ def front_table(summary: Sequence[Dict]) -> str:
         d, sd, _ = paired(f['pnnh'], f['residual'])
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
                       f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + ('' if f['reached'] else ', less accurate: none reaches it'),
-                      _pm(d, sd), f"{f['ratio']:.2f}x"])
+                      fmt_paired(d, sd), f"{f['ratio']:.2f}x"])
     return markdown_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
                            'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
 
@@ -141,12 +126,12 @@ def verdicts(study: Dict) -> List[str]:
         verdict = _judge(d, s, 'not reproduced: the deeper plain net is better',
                          'reproduced: the deeper plain net is worse', 'not reproduced: no change beyond 2 std')
         lines.append(f"**Plain accuracy vs depth** ({steps}): plain-{plain[-1]['depth']} vs plain-{plain[0]['depth']}: "
-                     f"{_pm(d, s)} points over {n} seeds: {verdict}.")
+                     f"{fmt_paired(d, s)} points over {n} seeds: {verdict}.")
     deepest = [d for d in depths if ('plain', 'resnet', d) in base and ('residual', 'resnet', d) in base]
     if deepest:
         d, s, n = paired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])
         verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
-        lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {_pm(d, s)} points: {verdict}.')
+        lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {fmt_paired(d, s)} points: {verdict}.')
     if not plain:
         lines.append('**Plain accuracy vs depth**: no plain rows in this study.')
 
@@ -156,7 +141,7 @@ def verdicts(study: Dict) -> List[str]:
         p, r = base[('pnnh', arch, depth)], base[('residual', arch, depth)]
         d, s, n = paired(p, r)
         verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
-        lines.append(f"**PNNH vs residual, {p['label']} vs {r['label']}**: {_pm(d, s)} points ({fmt_acc(p)} vs "
+        lines.append(f"**PNNH vs residual, {p['label']} vs {r['label']}**: {fmt_paired(d, s)} points ({fmt_acc(p)} vs "
                      f"{fmt_acc(r)}): {verdict}.")
     for p in (s for s in summary if s['family'] == 'pnnh' and s['model_kwargs']):
         r = base.get(('residual', p['arch'], p['depth']))
@@ -164,7 +149,7 @@ def verdicts(study: Dict) -> List[str]:
             d, s, n = paired(p, r)
             verdict = _judge(d, s, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
             lines.append(f"**{p['label']} vs {r['label']}** ({p['params'] / 1e3:.0f}k vs {r['params'] / 1e3:.0f}k "
-                         f"params): {_pm(d, s)} points: {verdict}.")
+                         f"params): {fmt_paired(d, s)} points: {verdict}.")
     if not keys:
         lines.append('**PNNH vs residual at equal depth**: no pair of rows in this study.')
 
@@ -283,11 +268,12 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser('report', help="the README Results section from a study's study.json",
+    parser = subparsers.add_parser('report', help="the Results section of a results page from a study's study.json",
                                    description=__doc__.split('\n\n')[0])
     parser.add_argument('--from', dest='source', default='output/study-quick/study.json', help='a study.json')
-    parser.add_argument('--write-readme', metavar='README', default=None,
-                        help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file')
+    parser.add_argument('--write-readme', metavar='FILE', default=None,
+                        help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file '
+                             '(any file with them: the results page docs/results.md, a README)')
     parser.add_argument('--plots-dir', default=None,
-                        help='copy the PNGs here (relative to the README); default: link them where the study wrote them')
+                        help='copy the PNGs here (relative to that file); default: link them where the study wrote them')
     parser.set_defaults(func=run)

@@ -2,9 +2,10 @@
 and what it prints."""
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -13,9 +14,9 @@ from timm_pnnh.data import require_fashion_mnist
 from timm_pnnh.errors import UsageError, check_output_dir
 from timm_pnnh.files import write_json
 from timm_pnnh.study.plots import write_plots
-from timm_pnnh.study.presets import PRESETS, preset_rows, resolve_preset
+from timm_pnnh.study.presets import PRESETS, Preset, _epochs, preset_rows, resolve_preset
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
-from timm_pnnh.study.summary import epochs_table, study_table, summarize
+from timm_pnnh.study.summary import epochs_table, quick_note, study_table, summarize
 
 def check_arguments(args) -> None:
     """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
@@ -55,6 +56,22 @@ def default_out(preset: str) -> str:
     return f'output/study-{preset}'
 
 
+# the presets whose study.json makes the results page; the quick demonstration's numbers never do
+RESULTS_PRESETS = ('converged', 'converged-cpu', 'long-cpu')
+RESULTS_PAGE = 'docs/results.md'
+
+
+def results_page_command(args, preset: Preset, out: Path) -> Optional[str]:
+    """The ``report`` command that writes this study into the results page: for a converged preset run as
+    defined (on any device); None for every other study."""
+    if args.preset not in RESULTS_PRESETS:
+        return None
+    defined = _epochs(PRESETS[args.preset])
+    if replace(preset, device=defined.device) != defined:
+        return None
+    return f'timm-pnnh report --from {out / "study.json"} --write-readme {RESULTS_PAGE}'
+
+
 def run(args) -> int:
     check_arguments(args)
     preset = resolve_preset(args)
@@ -83,12 +100,17 @@ def run(args) -> int:
     write_json(out / 'study.json', study)
     print()
     print(study_table(summary))
+    note = quick_note(summary, preset.recipe.steps) if preset.name == 'quick' else ''
+    if note:
+        print('\n' + note)
     if preset.epochs:
         print('\nTest accuracy after each epoch:\n\n' + epochs_table(summary))
     print(f'\nwrote {out / "study.json"}' + (' and ' + ', '.join(str(out / p) for p in plots) if plots else ''))
     if message:
         print(message, file=sys.stderr)
-    print(f'README Results: timm-pnnh report --from {out / "study.json"} --write-readme README.md')
+    report = results_page_command(args, preset, out)
+    if report:
+        print(f'Results page: {report}')
     return 0
 
 

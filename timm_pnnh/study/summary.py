@@ -1,10 +1,12 @@
-"""The study's per-model summary (accuracy over seeds, per epoch, speed, retention) and its tables."""
+"""The study's per-model summary (accuracy over seeds, per epoch, speed, retention), its tables, and
+the quick preset's note: how its short-schedule numbers compare with the converged study."""
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.diagnostics import MEASURES
 from timm_pnnh.files import markdown_table
 from timm_pnnh.study.presets import Row
+
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
@@ -85,3 +87,87 @@ def epochs_table(summary: Sequence[Dict]) -> str:
         rows.append([s['label']] + [fmt_acc(dict(by_epoch[e], diverged_seeds=[])) if e in by_epoch else '-' for e in epochs])
     return markdown_table(['model'] + [f'epoch {e:g}' for e in epochs], rows)
 
+
+
+RETENTION_MARGIN = 0.05  # R^2 gap counted as a difference in the retention verdicts
+
+
+def paired(a: Dict, b: Dict) -> Tuple[float, Optional[float], int]:
+    """Mean and std of ``a - b`` test accuracy over the seeds both rows ran; std None below 2 seeds."""
+    acc_b = dict(zip(b['seeds'], b['test_accs']))
+    diffs = [acc - acc_b[seed] for seed, acc in zip(a['seeds'], a['test_accs']) if seed in acc_b]
+    if not diffs:
+        raise ValueError(f"rows {a['label']!r} and {b['label']!r} share no seed")
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None), len(diffs)
+
+
+def fmt_paired(d: float, s: Optional[float]) -> str:
+    return f'{d:+.1f} +- {s:.1f}' if s is not None else f'{d:+.1f} (one seed, no spread)'
+
+
+# What the converged study found (``timm-pnnh study --preset converged-cpu``: depth 56, 3 epochs of the
+# whole training set), per family at its defaults: test accuracy after the first and the last epoch
+# (mean over seeds) and the deepest block's R^2 at initialisation. The quick preset's note compares
+# with these; tests/test_study.py checks them against the study.json in CONVERGED_STUDY.
+CONVERGED_STUDY = 'results/study-converged-cpu'
+CONVERGED_EPOCHS = 3
+CONVERGED = {
+    'plain': dict(first=71.28, last=85.41, r2_init=0.10),
+    'residual': dict(first=67.35, last=92.22, r2_init=0.70),
+    'pnnh': dict(first=78.10, last=91.78, r2_init=0.70),
+}
+PAR_POINTS = 1.0  # PNNH within this many points (or 2 std) of the residual net counts as on par
+
+
+def _beyond_noise(d: float, s: Optional[float]) -> bool:
+    return s is None or abs(d) > 2 * s  # one seed: the sign alone
+
+
+def quick_note(summary: Sequence[Dict], steps: int) -> str:
+    """Which comparisons of a short-schedule study (the quick preset, ``steps`` SGD steps) agree with the
+    converged study, and where they disagree and why; computed from ``summary`` ('' without a pair)."""
+    base = {(s['family'], s['depth']): s for s in summary if s['arch'] == 'resnet' and not s['model_kwargs']}
+    depths = sorted({depth for _, depth in base})
+    if not depths:
+        return ''
+    shallow, deep = depths[0], depths[-1]
+    plain, residual, pnnh = (CONVERGED[f] for f in ('plain', 'residual', 'pnnh'))
+    plain_behind = f"plain-56 {residual['last'] - plain['last']:.1f} points behind residual-56"
+    lines = []
+
+    def compare(a, b, agrees, agreeing, disagreeing):
+        d, s, _ = paired(a, b)
+        ok = agrees(d, s)
+        lines.append(f"- {'agrees' if ok else 'disagrees'}: {a['label']} vs {b['label']} {fmt_paired(d, s)} points: "
+                     f"{agreeing(d, s) if ok else disagreeing(d, s)}.")
+
+    if shallow != deep and ('plain', shallow) in base and ('plain', deep) in base:
+        compare(base[('plain', deep)], base[('plain', shallow)], lambda d, s: d < 0 and _beyond_noise(d, s),
+                lambda d, s: f'the plain net fails with depth (converged: {plain_behind})',
+                lambda d, s: f'{steps} steps do not show the plain net failing with depth; the converged study does '
+                             f'({plain_behind})')
+    if ('pnnh', deep) in base and ('residual', deep) in base:
+        compare(base[('pnnh', deep)], base[('residual', deep)], lambda d, s: abs(d) <= PAR_POINTS or not _beyond_noise(d, s),
+                lambda d, s: f"on par, within {f'{PAR_POINTS:g} point' if _beyond_noise(d, s) else '2 std'} "
+                             f"(converged: PNNH {residual['last'] - pnnh['last']:.1f} points behind)",
+                lambda d, s: f"{steps} steps leave PNNH {'behind' if d < 0 else 'ahead'} by more than {PAR_POINTS:g} point "
+                             f"and 2 std; the converged study has it {residual['last'] - pnnh['last']:.1f} points behind")
+    if all((f, deep) in base for f in CONVERGED):
+        r2 = {f: base[(f, deep)]['retention_init'][-1]['r2'] for f in CONVERGED}
+        ok = r2['plain'] < min(r2['residual'], r2['pnnh']) - RETENTION_MARGIN
+        lines.append(f"- {'agrees' if ok else 'disagrees'}: input retention at init, R^2 of the deepest block: "
+                     + ', '.join(f'{f}-{deep} {r2[f]:.2f}' for f in CONVERGED)
+                     + (': the plain net loses the input' if ok else f': the plain net is not {RETENTION_MARGIN:g} below both')
+                     + f" (converged: {plain['r2_init']:.2f} / {residual['r2_init']:.2f} / {pnnh['r2_init']:.2f}).")
+    if shallow != deep and ('plain', shallow) in base and ('residual', shallow) in base:
+        leads = 'leads' if plain['first'] > residual['first'] else 'trails'
+        compare(base[('plain', shallow)], base[('residual', shallow)], lambda d, s: not (d > 0 and _beyond_noise(d, s)),
+                lambda d, s: f'the plain net is not ahead (converged: {plain_behind})',
+                lambda d, s: f'{steps} steps favour the shallow plain net; the converged study trains {CONVERGED_EPOCHS} '
+                             f"epochs, where plain-56 {leads} residual-56 after the first ({plain['first']:.1f} vs "
+                             f"{residual['first']:.1f}) and ends {residual['last'] - plain['last']:.1f} points behind "
+                             f"({plain['last']:.1f} vs {residual['last']:.1f})")
+    if not lines:
+        return ''
+    return '\n'.join([f'Against the converged study ({CONVERGED_STUDY}: depth 56, {CONVERGED_EPOCHS} epochs of the '
+                      f'whole training set), these {steps}-step numbers:', *lines])
