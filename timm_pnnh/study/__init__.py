@@ -17,11 +17,17 @@ Presets:
 
 * ``quick`` -- depths 20 and 56, 3 seeds, 120 SGD steps of 64 images (one pass over 7,680 training
   images), 2,000 test images, retention on 2 x 128 images. A demonstration sized to finish within 15
-  minutes on 2 idle CPU cores; its short schedule favours shallow nets.
+  minutes on 2 idle CPU cores; its short schedule favours shallow nets. After its table it prints a
+  note computed from its numbers (``summary.quick_note``): which comparisons agree with the converged
+  study (results/study-converged-cpu) and where the short schedule disagrees, and why.
 * ``converged-cpu`` -- the rows that decide the claims at depth 56 (plain, residual, PNNH, PNNH with
-  a half-width learner, and a residual net whose branch is as narrow: timm's ``block_reduce_first=2``),
-  2 seeds, 3 epochs of the whole training set, the whole test set, channels_last. About 2 hours on 2
-  CPU cores.
+  a half-width learner, and a residual net whose branch is as narrow: timm's ``block_reduce_first=2``;
+  the split-width PNNH rows, ``coder_ratio`` + ``learner_ratio`` 0.5 + 0.5 (also with
+  ``coder_sharing='stage'``) and 0.25 + 0.25, with the residual control ``block_reduce_first=4``),
+  2 seeds, 3 epochs of the whole training set, the whole test set, channels_last. The first five
+  rows trained in 138 minutes on 2 CPU cores.
+* ``long-cpu`` -- residual, PNNH and the 0.5 + 0.5 split PNNH at depth 56, 2 seeds, 10 epochs, bf16
+  autocast and channels_last on 2 CPU cores.
 * ``converged`` -- for a GPU: depths 20, 56 and 110, every width variant (``learner_ratio`` 0.5 and 0.25,
   ``coder_ratio`` 0.5 with ``learner_ratio`` 0.5 (deployed no wider than the residual net),
   ``coder_sharing='stage'``, residual ``block_reduce_first`` 2 and 4), the ViTs, 3 seeds, 30 epochs,
@@ -30,9 +36,13 @@ Presets:
 * ``ablation`` -- the PNNH knobs the paper leaves open, one at a time from the registered defaults,
   plus the residual reference, at depth 56 on the quick schedule.
 
+Only the converged presets (``converged``, ``converged-cpu``, ``long-cpu``), run as defined, end by
+printing the ``timm-pnnh report`` command that writes their results page (``docs/results.md``); no
+study proposes writing its numbers into the README.
+
 The package: ``presets`` (``Row``, ``Preset``, ``PRESETS``, the rows of a preset), ``runs`` (the data,
-one run, the sweep and its records, the speed measurement), ``summary`` (the per-model summary and
-its tables), ``plots`` and ``command`` (the ``timm-pnnh study`` command line).
+one run, the sweep and its records, the speed measurement), ``summary`` (the per-model summary, its
+tables and the quick preset's note), ``plots`` and ``command`` (the ``timm-pnnh study`` command line).
 """
 from timm_pnnh.study.presets import (
     ABLATION_KNOBS, FAMILIES, PRESETS, RESNET_NAMES, VIT_NAMES, Preset, Row, preset_rows, resolve_preset, row_recipe)

@@ -18,6 +18,7 @@ from timm_pnnh.study.presets import PRESETS, Preset, _epochs, preset_rows, resol
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
 from timm_pnnh.study.summary import epochs_table, quick_note, study_table, summarize
 
+
 def check_arguments(args) -> None:
     """The ``study`` values, checked before the sweep starts (the preset's own checks, as UsageErrors)."""
     if args.device is not None:

@@ -89,4 +89,3 @@ def write_plots(summary: Sequence[Dict], out: Path) -> Tuple[List[str], Optional
         save_figure(fig, out / name)
         written.append(name)
     return [p for p in PLOTS if p in written], None
-

@@ -21,6 +21,8 @@ VIT_RECIPE = dict(opt='adamw', lr=1e-3, weight_decay=0.05)
 def row_recipe(row: 'Row', preset: 'Preset') -> Recipe:
     """The preset's recipe, with the ViT optimiser for ViT rows."""
     return replace(preset.recipe, **VIT_RECIPE) if row.arch == 'vit' else preset.recipe
+
+
 # one knob at a time from the registered defaults (models/pnnh_resnet.py PNNH_KNOBS), then the
 # combination of the project notes' first reading (C/2 3x3 Kaiming coder with a norm)
 ABLATION_KNOBS: Tuple[Tuple[Tuple[str, Any], ...], ...] = (
@@ -149,7 +151,6 @@ def preset_rows(preset: Preset) -> List[Row]:
     return rows
 
 
-
 def resolve_preset(args) -> Preset:
     """The named preset with the command-line overrides applied (ValueError on bad values)."""
     preset = PRESETS[args.preset]
@@ -182,4 +183,3 @@ def resolve_preset(args) -> Preset:
     if args.device is not None:
         changes['device'] = str(check_device(args.device))
     return _epochs(replace(preset, **changes))
-

@@ -203,7 +203,6 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
     return report
 
 
-
 def hardware(device: str = 'cpu') -> Dict[str, Any]:
     cpu = platform.processor() or ''
     try:
@@ -215,4 +214,3 @@ def hardware(device: str = 'cpu') -> Dict[str, Any]:
                 gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
                 python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 platform=platform.platform())
-
