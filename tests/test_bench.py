@@ -132,3 +132,31 @@ def test_timing_ratios_are_the_median_of_paired_ratios(monkeypatch):
         assert report['results']['cifar_resnet20'][key] == pytest.approx(1.0)
         assert report['ratios']['pnnh_resnet20'][key] == pytest.approx(2 / 3)
         assert report['ratios']['cifar_resnet20'][key] == 1.0
+
+
+def test_the_table_shows_the_spread_and_the_ratio_the_flops_allow(tmp_path):
+    page = tmp_path / 'speed.md'
+    page.write_text('before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n')
+    assert main(['bench', '--model', 'pnnh_resnet20', '--vs', 'cifar_resnet20', '--batch-size', '2', '--img-size', '8',
+                     '--repeats', '2', '--steps', '1', '--warmup', '0', '--write-readme', str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith('before\n<!-- bench:start -->\n`timm-pnnh bench --model pnnh_resnet20 --vs cifar_resnet20 '
+                           '--batch-size 2 --img-size 8 --repeats 2 --steps 1 --warmup 0`') and text.endswith('after\n')
+    assert 'old' not in text
+    report = bench.benchmark(['pnnh_resnet20', 'cifar_resnet20'], batch_size=2, img_size=8, repeats=2, steps=1, warmup=0)
+    pnnh, residual = report['results']['pnnh_resnet20'], report['results']['cifar_resnet20']
+    assert report['flop_limits']['pnnh_resnet20']['train_img_s'] == pytest.approx(residual['gflops'] / pnnh['gflops'])
+    assert report['flop_limits']['pnnh_resnet20']['deploy_img_s'] == pytest.approx(
+        residual['deploy_gflops'] / pnnh['deploy_gflops'])
+    assert 0.3 < report['flop_limits']['pnnh_resnet20']['deploy_img_s'] < 0.9 < report['flop_limits']['pnnh_resnet20']['train_img_s'] < 1
+    train_row = next(line for line in bench.bench_table(report).splitlines() if line.startswith('| train images/s'))
+    runs = pnnh['train_img_s_runs']
+    assert f"({min(runs):.4g}-{max(runs):.4g})" in train_row
+    assert f"(FLOPs: {report['flop_limits']['pnnh_resnet20']['train_img_s']:.3f}x)" in train_row
+
+
+def test_write_readme_needs_the_bench_markers(tmp_path, usage_error):
+    page = tmp_path / 'speed.md'
+    page.write_text('no markers\n')
+    message = usage_error(['bench', '--model', 'pnnh_resnet20', '--batch-size', '1', '--write-readme', page])
+    assert '--write-readme=' in message and 'bench:start' in message

@@ -41,7 +41,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.files import markdown_table as write_table, write_json
+from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
 from timm_pnnh.reparam import reparameterize_model
 from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
@@ -272,31 +272,67 @@ def benchmark(
     for name, r in results.items():  # timings: the median of the ratios within each repeat (paired)
         for key in entries[0].times:
             ratios[name][key] = statistics.median(a / b for a, b in zip(r[key + '_runs'], results[reference][key + '_runs']))
+    # what time would be if it followed arithmetic: the reference's FLOPs over the model's
+    flop_limits = {name: {'train_img_s': results[reference]['gflops'] / r['gflops'],
+                          'infer_img_s': results[reference]['gflops'] / r['gflops'],
+                          'deploy_img_s': results[reference]['deploy_gflops'] / r['deploy_gflops']} for name, r in results.items()}
     config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
                   device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine()),
                   channels_last=channels_last, amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
                   threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-    return dict(config=config, results=results, ratios=ratios)
+    return dict(config=config, results=results, ratios=ratios, flop_limits=flop_limits)
+
+
+TIMINGS = ('train_img_s', 'infer_img_s', 'deploy_img_s')
 
 
 def bench_table(report: Dict) -> str:
-    """Metrics as rows, one column per model, then one ratio column per model against the reference."""
+    """Metrics as rows, one column per model, then one ratio column per model against the reference.
+
+    Timings show the median with the lowest and highest repeat; timing ratios the ratio the FLOPs allow
+    beside the measured one."""
     names, reference = report['config']['models'], report['config']['reference']
     others = [n for n in names if n != reference]
+
+    def value(name: str, key: str) -> str:
+        r = report['results'][name]
+        runs = r.get(key + '_runs')
+        return f"{r[key]:.4g} ({min(runs):.4g}-{max(runs):.4g})" if key in TIMINGS and runs else f"{r[key]:.4g}"
+
+    def ratio(name: str, key: str) -> str:
+        if key not in report['ratios'][name]:
+            return '-'
+        limit = report.get('flop_limits', {}).get(name, {}).get(key)
+        return f"{report['ratios'][name][key]:.3f}x" + (f' (FLOPs: {limit:.3f}x)' if limit is not None else '')
+
     header = ['metric'] + [f'`{n}`' for n in names] + [f'`{n}` / `{reference}`' for n in others]
-    rows = [[f"{label} ({'higher' if higher_better else 'lower'} is better)"]
-            + [f"{report['results'][n][key]:.4g}" for n in names]
-            + [f"{report['ratios'][n][key]:.3f}x" if key in report['ratios'][n] else '-' for n in others]
+    rows = [[f"{label} ({'higher' if higher_better else 'lower'} is better)"] + [value(n, key) for n in names]
+            + [ratio(n, key) for n in others]
             for key, label, higher_better in METRICS if key in report['results'][names[0]]]
     return write_table(header, rows)
 
 
+MARKERS = ('<!-- bench:start -->', '<!-- bench:end -->')
+
+
+def command_line(args) -> str:
+    """The ``timm-pnnh bench`` command that ``args`` come from (without --json and --write-readme)."""
+    parts = ['timm-pnnh bench', '--model', args.model] + [w for vs in args.vs for w in ('--vs', vs)]
+    parts += ['--batch-size', str(args.batch_size)] + (['--img-size', str(args.img_size)] if args.img_size else [])
+    parts += (['--device', args.device] if args.device != 'cpu' else []) + (['--channels-last'] if args.channels_last else [])
+    parts += (['--amp', args.amp] if args.amp else []) + (['--compile'] if args.compile else [])
+    return ' '.join(parts + ['--repeats', str(args.repeats), '--steps', str(args.steps), '--warmup', str(args.warmup)])
+
+
 def check_arguments(args) -> None:
-    """``bench --json``: a file that can be written (the models and numbers are checked while parsing)."""
+    """``bench --json``: a file that can be written; ``--write-readme``: a file with the bench markers (the
+    models and numbers are checked while parsing)."""
     from timm_pnnh.errors import check_output_file
     if args.json:
         check_output_file('--json', args.json)
+    if args.write_readme:
+        check_markers(args.write_readme, MARKERS)
 
 
 def run(args) -> int:
@@ -309,10 +345,16 @@ def run(args) -> int:
         print(f'timm-pnnh bench: error: {err}', file=sys.stderr)
         return 2
     c = report['config']
-    print(f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
+    header = (f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
           f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  amp={c['amp']}  "
-          f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up")
-    print(bench_table(report))
+          f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up; "
+          f"torch {c['torch']}, timm {c['timm']}")
+    table = bench_table(report)
+    print(header)
+    print(table)
+    if args.write_readme:
+        write_between_markers(args.write_readme, MARKERS, f'`{command_line(args)}`\n\n{header[2:]}\n\n{table}')
+        print(f'wrote the table into {args.write_readme}')
     if args.json:
         write_json(args.json, report)
         print(f'wrote {args.json}')
@@ -364,4 +406,6 @@ def register(subparsers) -> None:
     parser.add_argument('--steps', type=int_arg('--steps', 1), default=5, help='steps per timed run')
     parser.add_argument('--warmup', type=int_arg('--warmup', 0), default=2, help='untimed steps before timing')
     parser.add_argument('--json', default=None, help='also write the full report (every run) to this JSON file')
+    parser.add_argument('--write-readme', metavar='FILE', default=None,
+                        help='also write the command and the table between the bench markers of this file (docs/speed.md)')
     parser.set_defaults(func=run)
