@@ -342,3 +342,28 @@ def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, mo
     monkeypatch.setattr(runs.training, 'train_and_evaluate', lambda *a, **k: calls.append(a))
     message = usage_error(['study', '--data-dir', fake_fashion_mnist, '--out', tmp_path / 'study', *TINY])
     assert 'has 0.0 MiB free; the study needs about 7 MiB for 6 run records' in message and calls == []
+
+
+def test_finished_only_trains_nothing_and_reports_the_pending_runs(fake_fashion_mnist, tmp_path, capsys):
+    """A study over several sittings: --finished-only summarizes, times and reports the finished runs and
+    names the rest, without training them; the same command without the flag then trains only the rest."""
+    out = tmp_path / 'study'
+    base = ['study', '--data-dir', str(fake_fashion_mnist), '--out', str(out), '--preset', 'quick', '--depths', '20',
+            '--steps', '2', '--batch-size', '16', '--train-size', '64', '--test-size', '32', '--diag-batch', '8',
+            '--speed-repeats', '0']
+    assert main(base + ['--seeds', '0']) == 0  # seed 0 of every row finished
+    capsys.readouterr()
+    assert main(base + ['--seeds', '0', '1', '--finished-only']) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('not finished yet') == 3 and 'step 1/2' not in printed
+    study = json.loads((out / 'study.json').read_text())
+    assert study['pending'] == ['plain-20 seed 1', 'residual-20 seed 1', 'pnnh-20 seed 1']
+    assert [s['seeds'] for s in study['summary']] == [[0], [0], [0]] and '--finished-only' in study['command']
+    assert sorted(p.name for p in (out / 'runs').iterdir()) == ['plain-20-seed0.json', 'pnnh-20-seed0.json',
+                                                                'residual-20-seed0.json']
+    assert main(['report', '--from', str(out / 'study.json')]) == 0
+    assert 'Not finished yet (`--finished-only`' in capsys.readouterr().out and 'plain-20 seed 1' in study['pending']
+    assert main(base + ['--seeds', '0', '1']) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('finished earlier, reused') == 3 and printed.count('test acc') >= 3
+    assert json.loads((out / 'study.json').read_text())['pending'] == []

@@ -195,6 +195,9 @@ def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
         study_table(study['summary']),
         '',
     ]
+    if study.get('pending'):
+        parts += [f"Not finished yet (`--finished-only`; the same study command trains them, resuming): "
+                  f"{', '.join(study['pending'])}. Rows with one finished seed have no spread.", '']
     per_epoch = epochs_table(study['summary'])
     if per_epoch:
         parts += ['Test accuracy after each epoch (mean +- std over seeds):', '', per_epoch, '']

@@ -5,7 +5,7 @@ import sys
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -50,6 +50,8 @@ def command_line(args) -> str:
             parts += [f'--{name.replace("_", "-")}', *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
     if not args.resume:
         parts.append('--no-resume')
+    if args.finished_only:
+        parts.append('--finished-only')
     return ' '.join(parts)
 
 
@@ -89,7 +91,12 @@ def run(args) -> int:
           f'{torch.get_num_threads()} CPU threads; records in {out / "runs"}', flush=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     check_output(out, len(rows) * len(preset.seeds))
-    records = sweep(rows, preset, data, out, resume=args.resume, log=log)
+    pending: List[str] = []
+    records = sweep(rows, preset, data, out, resume=args.resume, log=log, train=not args.finished_only, pending=pending)
+    if args.finished_only:  # time and summarize the rows that have a finished run
+        rows = [row for row in rows if any(r['label'] == row.label for r in records)]
+        if not rows:
+            raise UsageError(f'--finished-only: no finished run in {out / "runs"} matches the {preset.name} preset')
     speed = measure_speed(rows, preset, data, out, args.speed_repeats, args.resume, log) if args.speed_repeats else None
     summary = summarize(rows, records, speed)
     plots, message = write_plots(summary, out)
@@ -97,7 +104,8 @@ def run(args) -> int:
         command=command_line(args), preset=preset.name, date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
         hardware=hardware(preset.device), epochs=preset.epochs, seeds=list(preset.seeds), recipe=asdict(preset.recipe),
         depths=list(preset.depths), data=data.source, train_seconds=sum(r['seconds'] for r in records),
-        speed=speed and {k: speed[k] for k in ('config', 'ratios', 'settings')}, plots=plots, summary=summary, runs=records)
+        speed=speed and {k: speed[k] for k in ('config', 'ratios', 'settings')}, plots=plots, summary=summary, runs=records,
+        pending=pending)
     write_json(out / 'study.json', study)
     print()
     print(study_table(summary))
@@ -133,6 +141,8 @@ def register(subparsers) -> None:
     parser.add_argument('--diag-batch', type=int, default=None, help='images per retention batch (fit and score)')
     parser.add_argument('--data-dir', default=None, help='folder holding FashionMNIST/raw (Debian\'s package is found on its own)')
     parser.add_argument('--out', default=None, help='output folder (default: output/study-PRESET)')
+    parser.add_argument('--finished-only', action='store_true',
+                        help='train nothing: time, summarize and plot the runs finished so far; the rest are listed as pending')
     parser.add_argument('--speed-repeats', type=int_arg('--speed-repeats', 0), default=5,
                         help='timed repeats of the side-by-side speed measurement after training (0: skip it)')
     parser.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,

@@ -134,8 +134,10 @@ def check_output(out: Path, runs: int) -> None:
                          f'{needed / 2 ** 20:.0f} MiB for {runs} run records and plots')
 
 
-def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print) -> List[Dict]:
-    """Every (seed, row) run, seeds outermost; finished runs with matching settings are reused."""
+def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bool = True, log=print,
+          train: bool = True, pending: Optional[List[str]] = None) -> List[Dict]:
+    """Every (seed, row) run, seeds outermost; finished runs with matching settings are reused. With
+    ``train=False`` nothing is trained: the runs not finished yet are logged and named in ``pending``."""
     runs_dir = out / 'runs'
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = [(seed, row) for seed in preset.seeds for row in rows]
@@ -155,6 +157,11 @@ def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bo
                 continue
             else:
                 log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
+        if not train:
+            log(f'[{i}/{len(todo)}] {row.label} seed {seed}: not finished yet (--finished-only: not trained)')
+            if pending is not None:
+                pending.append(f'{row.label} seed {seed}')
+            continue
         log(f'[{i}/{len(todo)}] {row.label} seed {seed} ({row.model}{" " + knob_label(row.kwargs) if row.kwargs else ""})')
         record = run_one(row, seed, preset, data, log)
         record.update(settings=settings, settings_digest=digest)
