@@ -1,4 +1,4 @@
-"""What the model families share: family names, knob checks, coder widths and inits, argument checks."""
+"""What the model families share: knob checks, coder widths and inits, argument checks."""
 import inspect
 from typing import Any, Callable, Dict, Iterable, Tuple
 
@@ -6,11 +6,9 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg
 
-__all__ = ['FAMILIES', 'CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
+__all__ = ['CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
            'check_ratio', 'check_choice', 'coder_width', 'signed_dirac_', 'deployable']
 
-# 'pnnh' (coder + learner), 'plain' (shortcuts removed), 'residual' (timm's own blocks)
-FAMILIES = ('pnnh', 'plain', 'residual')
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
 # C_c / C: up to 2, where the signed Dirac init E = [I; -I] makes the coder the exact identity
 MAX_CODER_RATIO = 2.0
