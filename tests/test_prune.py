@@ -7,7 +7,7 @@ import torch.nn as nn
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.prune import folded_blocks, prune_dead_channels
-from timm_pnnh.reparam import reparameterize_model
+from timm.utils.model import reparameterize_model
 
 
 def randomise_norms(model):

@@ -22,7 +22,9 @@ Each entrypoint at the bottom of this file names its block and stage depths (``m
 The knob defaults are :data:`PNNH_KNOBS` (and :data:`PNNH_BOTTLENECK_KNOBS`), read by the blocks'
 signatures and by the entrypoints.
 
-``inference_mode=True`` builds any of them in the deployed form of ``timm_pnnh.reparam.reparameterize_model``.
+Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls every block's
+``reparameterize()``: PNNH blocks fold into plain conv stacks, the other blocks fold their BatchNorms
+(the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
 from collections import OrderedDict
@@ -43,9 +45,10 @@ from timm_pnnh.models._cfgs import (
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
     CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel, reparameterize_model
+from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, fold_block_batchnorms, pad_kernel
 
-__all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
+__all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
+           'ResidualBasicBlock', 'ResidualBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
            'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
 # The defaults of the knobs the paper leaves open (see README "Knobs" and the ablation), each written
@@ -509,7 +512,30 @@ class PnnhBottleneck(_PnnhBlock):
         return self.act3(learned)
 
 
-class PlainBasicBlock(BasicBlock):
+class _FoldBatchNorms:
+    """``reparameterize()`` for a timm ``BasicBlock`` / ``Bottleneck`` (or subclass): its BatchNorms fold
+    into the convolutions before them, the downsample projection's too (``fold_block_batchnorms``), so
+    that timm's ``reparameterize_model`` folds the blocks that are not PNNH blocks as well."""
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold ``bnN`` into ``convN`` and the downsample projection's BatchNorm into its conv, in place
+        (eval form: running statistics). The shortcut, if any, stays. Idempotent."""
+        fold_block_batchnorms(self)
+
+
+class ResidualBasicBlock(_FoldBatchNorms, BasicBlock):
+    """timm's ``BasicBlock``, unchanged (same arguments, state dict and forward), that folds its
+    BatchNorms in ``reparameterize()``: the transition blocks of the PNNH nets and the blocks of the
+    ``cifar_resnet*`` baselines."""
+
+
+class ResidualBottleneck(_FoldBatchNorms, Bottleneck):
+    """timm's ``Bottleneck``, unchanged, that folds its BatchNorms in ``reparameterize()`` (see
+    ``ResidualBasicBlock``)."""
+
+
+class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
     """timm's ``BasicBlock`` with its shortcut removed: ``act(BN2(conv(act(BN1(conv(x))))))``.
 
     The plain baseline. A block that changes stride or width downsamples with its own strided first
@@ -540,7 +566,7 @@ class PlainBasicBlock(BasicBlock):
         return self.act2(x)
 
 
-class PlainBottleneck(Bottleneck):
+class PlainBottleneck(_FoldBatchNorms, Bottleneck):
     """timm's ``Bottleneck`` with its shortcut removed (see ``PlainBasicBlock``)."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
@@ -717,7 +743,7 @@ def residual_to_pnnh_resnet(state_dict: Dict[str, torch.Tensor], model: nn.Modul
 
 
 # the transition blocks of a PNNH block (by expansion): residual, and plain with plain_transitions=True
-_TRANSITIONS = {1: (BasicBlock, PlainBasicBlock), 4: (Bottleneck, PlainBottleneck)}
+_TRANSITIONS = {1: (ResidualBasicBlock, PlainBasicBlock), 4: (ResidualBottleneck, PlainBottleneck)}
 
 
 def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
@@ -737,7 +763,7 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
         plain_transitions = kwargs.pop('plain_transitions', False)
         check_choice('plain_transitions', plain_transitions, (False, True))
         block = BlockSelector(block, _TRANSITIONS[block.expansion][plain_transitions], **knobs)
-    model_cls = deployable(model_cls, kwargs.pop('inference_mode', False), lambda m: reparameterize_model(m, inplace=True))
+    model_cls = deployable(model_cls, kwargs.pop('inference_mode', False))
     feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
     return build_model_with_hub(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
                                 **kwargs)
@@ -921,33 +947,33 @@ def plain_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
 @register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-20, residual baseline."""
-    model_args = dict(block=BasicBlock, layers=(3, 3, 3))
+    model_args = dict(block=ResidualBasicBlock, layers=(3, 3, 3))
     return _create_cifar_resnet('cifar_resnet20', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-32, residual baseline."""
-    model_args = dict(block=BasicBlock, layers=(5, 5, 5))
+    model_args = dict(block=ResidualBasicBlock, layers=(5, 5, 5))
     return _create_cifar_resnet('cifar_resnet32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-44, residual baseline."""
-    model_args = dict(block=BasicBlock, layers=(7, 7, 7))
+    model_args = dict(block=ResidualBasicBlock, layers=(7, 7, 7))
     return _create_cifar_resnet('cifar_resnet44', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-56, residual baseline."""
-    model_args = dict(block=BasicBlock, layers=(9, 9, 9))
+    model_args = dict(block=ResidualBasicBlock, layers=(9, 9, 9))
     return _create_cifar_resnet('cifar_resnet56', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-110, residual baseline."""
-    model_args = dict(block=BasicBlock, layers=(18, 18, 18))
+    model_args = dict(block=ResidualBasicBlock, layers=(18, 18, 18))
     return _create_cifar_resnet('cifar_resnet110', pretrained, model_args, **kwargs)

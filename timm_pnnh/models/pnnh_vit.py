@@ -16,7 +16,8 @@ Families (the residual baselines are timm's own ``vit_*_patch16_224``):
 Each entrypoint at the bottom of this file names its block and size (``model_args``). The knob
 defaults are :data:`PNNH_VIT_KNOBS`, read by ``PnnhBlock``'s signature and by the entrypoints.
 
-``inference_mode=True`` builds any of them in the deployed form of ``timm_pnnh.reparam.reparameterize_model``.
+Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls every ``PnnhBlock``'s
+``reparameterize()``; ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
 import math
@@ -35,7 +36,6 @@ from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_h
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
     CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import reparameterize_model
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
            'check_pnnh_vit_args', 'pnnh_vit_coders', 'residual_to_pnnh_vit']
@@ -443,8 +443,7 @@ def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kw
         coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
         block_fn = _PnnhBlockFn(**knobs)
     out_indices = kwargs.pop('out_indices', 3)
-    model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False),
-                           lambda m: reparameterize_model(m, inplace=True))
+    model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False))
     return build_model_with_hub(
         model_cls, variant, pretrained, block_fn=block_fn,
         pretrained_filter_fn=residual_to_pnnh_vit if pnnh else checkpoint_filter_fn,
