@@ -15,8 +15,8 @@ A PNNH block contains the residual block it replaces (README "The PNNH block"):
 So a timm residual state dict becomes a PNNH one by adding the coder weights; nothing else changes.
 Each family says which coder weights its nets need (``pnnh_resnet_coders`` in ``pnnh_resnet.py``,
 ``pnnh_vit_coders`` in ``pnnh_vit.py``) and hands them to :func:`convert_state_dict` in its timm
-``pretrained_filter_fn`` (inside timm's own ``load_pretrained``); a state dict that already has coders
-passes through unchanged. This module imports no family.
+``pretrained_filter_fn`` (inside timm's own ``load_pretrained``); a state dict that already has coders,
+or the model's own keys (a folded net), passes through unchanged. This module imports no family.
 
 Tags. Each ImageNet-style PNNH name gets, as its default tag, the tag of timm's default weights for the
 residual architecture (``pnnh_resnet34.a1_in1k`` <- ``timm/resnet34.a1_in1k``): the cfg's ``hf_hub_id`` is
@@ -24,7 +24,10 @@ timm's repository, its data config is timm's, and its ``notes`` say it is conver
 carry model arguments, so the knobs the conversion needs live in :data:`CONVERSIONS` and the entrypoints
 apply them (:func:`converted_model_args`) when the tag's weights are loaded (``pretrained=True``) or the
 tag is named (``pnnh_vit_small_patch16_224.augreg_in21k_ft_in1k``); ``create_model('pnnh_resnet50')``
-without either keeps the registered defaults. A knob given with a different value is a ValueError.
+without either keeps the registered defaults. A knob given with a different value is a ValueError,
+unless ``pretrained_cfg_overlay`` points the tag at other weights (a file, e.g. a net folded for
+deployment with other knobs): then the knobs given stay and the tag's are defaults for the others (a
+net with other knobs reloads with its knobs given, or under a tag that is not converted, ``.in1k``).
 """
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -111,17 +114,33 @@ def conversion_of(variant: str, pretrained_cfg: Any = None, overlay: Optional[Di
     return CONVERSIONS.get(f'{variant}.{cfg.tag}') if cfg is not None and cfg.tag else None
 
 
+def _loads_the_source(conversion: Conversion, cfg: PretrainedCfg) -> bool:
+    """Whether ``cfg`` (resolved, overlay applied) loads the conversion's own weights (timm's), not a
+    file, state dict or repository of the user's choosing."""
+    registered = get_pretrained_cfg(conversion.name)
+    return (cfg.state_dict is None and not cfg.file and cfg.source in (None, registered.source)
+            and cfg.hf_hub_id == registered.hf_hub_id and cfg.url == registered.url)
+
+
 def converted_model_args(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The model arguments a converted tag implies, when its weights are loaded or the tag is named.
 
-    ``kwargs`` are the entrypoint's (``pretrained_cfg`` is the tag of a ``model.tag`` name). Raises
-    ValueError for a knob in ``kwargs`` that contradicts the tag.
+    ``kwargs`` are the entrypoint's (``pretrained_cfg`` is the tag of a ``model.tag`` name). Where the
+    tag's own weights (timm's) are what is loaded or named, a knob in ``kwargs`` that contradicts the
+    tag raises ValueError. Where ``pretrained_cfg_overlay`` points the tag at other weights (a file, a
+    state dict, another repository: a copy of timm's weights, or a PNNH net trained or folded with other
+    knobs, e.g. ``coder_ratio=0.5``), the knobs in ``kwargs`` stay and the tag's arguments are defaults
+    for the others: the ones not in ``kwargs`` are returned.
     """
     if not pretrained and kwargs.get('pretrained_cfg') is None:
         return {}
-    conversion = conversion_of(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    conversion = conversion_of(variant, kwargs.get('pretrained_cfg'), overlay)
     if conversion is None:
         return {}
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay)
+    if not _loads_the_source(conversion, cfg):
+        return {name: value for name, value in conversion.model_args.items() if name not in kwargs}
     for name, value in conversion.model_args.items():
         if name in kwargs and kwargs[name] != value:
             raise ValueError(
@@ -158,16 +177,21 @@ def _load_error(model: torch.nn.Module, error: Exception) -> PretrainedLoadError
     return PretrainedLoadError(f'{name}: the pretrained weights from {where} do not convert to a PNNH net: {error}')
 
 
+def _same_keys(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, ignore: tuple) -> bool:
+    """The state dict has the model's keys (those starting with ``ignore`` aside): nothing to add."""
+    return {k for k in state_dict if not k.startswith(ignore)} == {k for k in model.state_dict() if not k.startswith(ignore)}
+
+
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module,
                        coders_fn: Callable[[torch.nn.Module], Dict[str, torch.Tensor]], classifier: str
                        ) -> Dict[str, torch.Tensor]:
     """The body of a family's timm ``pretrained_filter_fn``: a residual state dict plus the coder weights
     ``coders_fn(model)`` gives (exact), or, unchanged, a state dict that is a PNNH net's already (it has
-    coders). ``classifier``:
+    coders, or it has the model's keys: e.g. a folded net's for ``inference_mode=True``). ``classifier``:
     the head's module name, whose keys timm adapts afterwards. A state dict that does not convert raises
     PretrainedLoadError naming the model, its tag and the source."""
     ignore = (classifier + '.',)
-    if _is_pnnh(state_dict):
+    if _is_pnnh(state_dict) or _same_keys(state_dict, model, ignore):
         return state_dict
     try:
         return add_coders(state_dict, model, coders_fn(model), ignore=ignore)
