@@ -259,7 +259,7 @@ def test_stage_shared_coder_gets_the_gradient_of_every_block():
 
 
 def test_stage_shared_coder_folds_exactly():
-    from timm_pnnh.reparam import reparameterize_model
+    from timm.utils import reparameterize_model
     shared, _ = stage_shared()
     shared.eval()
     gen = torch.Generator().manual_seed(1)

@@ -1,6 +1,6 @@
 """Property tests (hypothesis): random knob combinations and input sizes for every PNNH ResNet and ViT
 family. For each draw: the model builds, or raises the ValueError its knob check documents; a built
-model folds (``reparameterize_model``) to the eval form within the fold tolerance, reloads bit-exact
+model folds (timm's ``reparameterize_model``) to the eval form within the fold tolerance, reloads bit-exact
 through safetensors, and trains a step under bf16 autocast with finite outputs and gradients.
 
 The knobs and their values come from the module-level tables (``PNNH_KNOBS``, ``CODER_KERNELS``,
@@ -15,10 +15,10 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load, save
+from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import pnnh_resnet, pnnh_vit
-from timm_pnnh.reparam import reparameterize_model
 
 PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 FOLD_TOLERANCE = 1e-4  # test_reparam.py and test_vit_reparam.py: deployed vs eval logits, relative to their scale

@@ -8,12 +8,12 @@ import timm
 import torch
 import torch.fx
 import torch.nn as nn
-from timm.utils import reparameterize_model as timm_reparameterize_model
+from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.models import registered_models
-from timm_pnnh.reparam import adjoint_conv_weight, reparameterize_model
+from timm_pnnh.reparam import adjoint_conv_weight, fold_batchnorms
 
 PNNH_RESNETS = registered_models('pnnh_resnet*')
 VARIANTS = [
@@ -73,26 +73,37 @@ def test_reparameterized_variants_match(name, kwargs):
     assert (ref - fused).abs().max().item() <= 1e-4
 
 
-def test_timm_reparameterize_model_folds_pnnh_blocks():
+def test_timm_reparameterize_model_folds_pnnh_blocks_into_a_copy():
     """timm's own reparameterize_model (validate.py --reparam) finds the blocks' reparameterize()."""
     torch.manual_seed(0)
     model = timm.create_model('pnnh_resnet20').eval()
     randomise_norms(model)
     x = torch.randn(2, 3, 32, 32)
-    fused = timm_reparameterize_model(model)
+    fused = reparameterize_model(model)
     assert_no_pnnh_blocks_left(fused)
     assert not isinstance(model.layer1[1].plain, nn.Sequential)  # a copy by default
     with torch.no_grad():
         assert (model(x) - fused(x)).abs().max().item() <= 1e-4
 
 
-def test_reparameterize_folds_transition_and_stem_batchnorms():
-    _, _, model, _ = logits_pair('pnnh_resnet18')
+def assert_only_the_stem_batchnorm_left(model: nn.Module) -> None:
+    """The deployed form: every block's BatchNorms folded (its own reparameterize()); the stem's stays,
+    since timm's reparameterize_model calls reparameterize() on the model's submodules only."""
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)] == ['bn1']
+
+
+@pytest.mark.parametrize('name', ['pnnh_resnet18', 'pnnh_resnet50'])
+def test_reparameterize_folds_transition_batchnorms(name):
+    _, _, model, x = logits_pair(name)
     fused = reparameterize_model(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert_only_the_stem_batchnorm_left(fused)
     assert_no_pnnh_blocks_left(fused)
-    # residual transition blocks keep their shortcut
-    assert fused.layer2[0].downsample is not None
+    # residual transition blocks keep their shortcut, its projection folded into one conv with bias
+    downsample = fused.layer2[0].downsample
+    assert isinstance(downsample[0], nn.Conv2d) and downsample[0].bias is not None
+    assert isinstance(downsample[1], nn.Identity)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max().item() <= 1e-4
 
 
 def test_reparameterize_is_idempotent_and_in_place_for_a_block():
@@ -190,13 +201,23 @@ def test_onnx_export_of_reparameterized_model_runs_in_onnxruntime():
     assert abs(torch.from_numpy(out) - ref).max().item() <= 1e-4
 
 
-@pytest.mark.parametrize('name', ['cifar_resnet20', 'plain_resnet20', 'plain_resnet50', 'resnet18'])
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'plain_resnet20', 'plain_resnet50'])
 def test_baselines_deploy_with_batchnorms_folded(name):
-    """The fair deployment baseline: the same fold applied to residual and plain nets."""
+    """The residual and plain baselines deploy as the PNNH nets do: their blocks fold their BatchNorms."""
     ref, fused_logits, model, x = logits_pair(name, size=32 if name.endswith('20') else 64)
-    fused = reparameterize_model(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert_only_the_stem_batchnorm_left(reparameterize_model(model))
     assert (ref - fused_logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'cifar_resnet20', 'resnet18'])
+def test_fold_batchnorms_leaves_none(name):
+    """bench's comparison on equal terms: fold_batchnorms after the deployed form folds what is left
+    (the stem; every BatchNorm of timm's own resnet18, which has no reparameterize())."""
+    ref, _, model, x = logits_pair(name, size=32 if name.endswith('20') else 64)
+    fused = fold_batchnorms(reparameterize_model(model))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert (fused(x) - ref).abs().max().item() <= 1e-4
 
 
 # pnnh_resnet50's default tag is timm's converted resnet50 (implying a full-width coder): a PNNH-trained
@@ -213,7 +234,7 @@ def test_folded_model_round_trips_through_a_file_and_create_model(name, tmp_path
     safetensors.torch.save_file(fused.state_dict(), path)
     loaded = timm.create_model(name, inference_mode=True, pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
     assert loaded.state_dict().keys() == fused.state_dict().keys()
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert_only_the_stem_batchnorm_left(loaded)
     assert_no_pnnh_blocks_left(loaded)
     with torch.no_grad():
         ref = model(x)

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.reparam import reparameterize_model
+from timm.utils.model import reparameterize_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_ENV = 'TIMM_SCRIPTS_DIR'
@@ -131,7 +131,7 @@ def test_train_then_validate(model, tiny_imagefolder, tmp_path):
     with open(run_dir / 'summary.csv') as f:
         summary = list(csv.DictReader(f))[-1]  # train.py's evaluation, of the EMA weights with --model-ema
 
-    # the EMA weights folded by timm_pnnh.reparam, saved, and validated as create_model(inference_mode=True)
+    # the EMA weights folded by timm's reparameterize_model, saved, and validated as create_model(inference_mode=True)
     trained = timm.create_model(model, num_classes=2)
     trained.load_state_dict(checkpoint['state_dict_ema'])
     deployed_file = tmp_path / 'deployed.safetensors'

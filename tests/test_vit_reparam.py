@@ -9,12 +9,11 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.utils import reparameterize_model as timm_reparameterize_model
+from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import registered_models
 from timm_pnnh.models.pnnh_vit import PnnhBlock, SplitAct
-from timm_pnnh.reparam import reparameterize_model
 
 torch.set_num_threads(1)
 
@@ -165,16 +164,15 @@ def test_deployed_sequential_block_folds_its_second_half():
     assert len(functional) == 2 and sorted(acts) == ['coder.act', 'mlp.act'] and skips == []
 
 
-def test_timm_and_project_reparameterize_model_both_work_on_a_vit():
+def test_timm_reparameterize_model_folds_a_vit_into_a_copy():
     model, x = model_and_input('pnnh_vit_tiny_patch16_224', depth=2, img_size=32)
     with torch.no_grad():
         ref = model(x)
-        for fn in (timm_reparameterize_model, reparameterize_model):
-            fused = fn(model)
-            assert fused is not model
-            assert_deployed(fused)
-            assert (fused(x) - ref).abs().max().item() <= 1e-4
-        assert not any(isinstance(b, PnnhBlock) and b.inference_mode for b in model.modules())  # copies
+        fused = reparameterize_model(model)
+        assert fused is not model
+        assert_deployed(fused)
+        assert (fused(x) - ref).abs().max().item() <= 1e-4
+        assert not any(isinstance(b, PnnhBlock) and b.inference_mode for b in model.modules())  # a copy
 
 
 def test_reparameterize_is_idempotent_and_in_place():

@@ -5,15 +5,16 @@ than for residual ones, and residual nets running out of GPU memory where PNNH n
 command measures what such a claim rests on, for any timm model names (``pnnh_*``, their ``plain_*``
 baselines, timm's own ``resnet34`` ...):
 
-* ``params_m``: parameters (millions) of the training form; ``deploy_params_m`` after
-  ``timm_pnnh.reparam.reparameterize_model``.
+* ``params_m``: parameters (millions) of the training form; ``deploy_params_m`` of the deployed form
+  (below).
 * ``gflops`` / ``deploy_gflops``: forward FLOPs per image (``torch.utils.flop_counter``; a
   multiply-add counts as 2), eval mode.
 * ``train_img_s``: training steps (forward, cross-entropy, backward, timm SGD step) per second times
   the batch size.
 * ``infer_img_s``: eval-mode forward under ``no_grad``; ``deploy_img_s``: the same for the
-  reparameterized model. ``reparameterize_model`` folds PNNH blocks into plain conv stacks *and* the
-  BatchNorms of every model (residual baselines included), so the deployment ratio is fair.
+  deployed model: timm's ``reparameterize_model`` (the deployed form: PNNH blocks folded into plain
+  conv stacks), then ``timm_pnnh.reparam.fold_batchnorms``, which folds the conv -> BN pairs left
+  (the stem; every BatchNorm of timm's own ``resnet*``), so the deployment ratio is fair.
 * ``saved_mb``: bytes of the tensors autograd saves for backward in one training forward
   (``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters excluded): the
   activation memory a training step holds at its peak, on any device. It leaves out weights,
@@ -38,11 +39,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
+from timm.utils.model import reparameterize_model
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
-from timm_pnnh.reparam import reparameterize_model
+from timm_pnnh.reparam import fold_batchnorms
 from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
 __all__ = ['benchmark', 'bench_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image']
@@ -161,7 +163,7 @@ class _Entry:
         self.times: Dict[str, List[float]] = {'train_img_s': [], 'infer_img_s': [], 'deploy_img_s': []}
 
     def deploy(self) -> None:
-        self.deployed = reparameterize_model(self.model.eval())
+        self.deployed = fold_batchnorms(reparameterize_model(self.model.eval()))
         self.run_deployed = torch.compile(self.deployed) if self.compile else self.deployed
 
 

@@ -32,8 +32,9 @@ from timm.models._hub import save_for_hf
 from timm.utils.model import reparameterize_model
 
 from timm_pnnh.files import replace_folder
-from timm_pnnh.models._converted import (
-    CONVERSIONS, ConversionError, add_coders, pnnh_resnet_coders, pnnh_vit_coders)
+from timm_pnnh.models._converted import CONVERSIONS, ConversionError, add_coders
+from timm_pnnh.models.pnnh_resnet import pnnh_resnet_coders
+from timm_pnnh.models.pnnh_vit import pnnh_vit_coders
 
 __all__ = ['SOURCES', 'MAX_RELATIVE_ERROR', 'convert_checkpoint', 'register']
 

@@ -1,17 +1,26 @@
-"""Deployment form: fold a trained net into plain convolutions with bias (timm's ``--reparam``).
+"""Folding helpers for the deployed form (timm's ``reparameterize_model``, ``validate.py --reparam``).
 
-A PNNH block is plain by construction; written with concatenated weights it *is* a plain conv stack
-(paper, arXiv:2402.08645: no residual connection; this project's reading of the block, see
-``timm_pnnh.models.pnnh_resnet``). ``PnnhBasicBlock.reparameterize()`` and ``PnnhBottleneck.reparameterize()``
-fold the BatchNorms, the weight-sharing coder ``E`` / ``adj(E)`` and the learner into that stack, in
-place. timm's ``timm.utils.reparameterize_model`` (and so ``validate.py --reparam``) calls every
-``reparameterize()`` it finds, so it already turns each stride-1 PNNH block into
-``conv -> act -> conv -> act`` (bottleneck: three convs). ``reparameterize_model`` here does that and
-also folds the BatchNorms of the remaining conv -> BN pairs (stem, transition blocks, downsample
-projections), which keep their shortcut: they are residual by design (paper, Figure 2).
+The deployed form of every model this package registers is what timm's own
+``timm.utils.model.reparameterize_model`` produces: it calls ``reparameterize()`` on every submodule
+that has one (as for byobnet's RepVGG blocks), and ``create_model(..., inference_mode=True)`` builds
+exactly that form, so folded weights saved after timm's function load into it.
+
+* A PNNH block (``PnnhBasicBlock``, ``PnnhBottleneck``, the ViT's ``PnnhBlock``) folds its
+  BatchNorms, its weight-sharing coder ``E`` / ``adj(E)`` and its learner into one plain stack:
+  ``conv -> act -> conv -> act`` (bottleneck: three convs; paper, arXiv:2402.08645: no residual
+  connection; this project's reading of the block, see ``timm_pnnh.models.pnnh_resnet``).
+* The transition blocks, the plain baselines' blocks and the ``cifar_resnet*`` residual blocks fold
+  their conv -> BN pairs and their downsample projection (``fold_block_batchnorms``); the transitions
+  keep their shortcut, they are residual by design (paper, Figure 2).
+* The stem's conv -> BN pair stays: timm's function calls ``reparameterize()`` on a model's
+  submodules, not on the model itself, and the stem's two layers are the model's own.
 
 The fold uses the BatchNorm running statistics, i.e. it reproduces the model in eval mode. The
 result is for inference; it is no longer a PNNH net (the coder weight is no longer shared).
+
+``fold_batchnorms(model)`` folds the conv -> BN pairs of any timm ResNet, stem included, without
+touching anything else: a deployment runtime's conv-BN fusion, for comparing nets that have no
+``reparameterize()`` (timm's own ``resnet*``) with folded ones on equal terms.
 """
 from typing import Tuple
 
@@ -19,9 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-from timm.utils import reparameterize_model as timm_reparameterize_model
 
-__all__ = ['reparameterize_model', 'fold_batchnorms', 'bn_scale_shift', 'pad_kernel', 'adjoint_conv_weight',
+__all__ = ['fold_batchnorms', 'fold_block_batchnorms', 'bn_scale_shift', 'pad_kernel', 'adjoint_conv_weight',
            'dense_weight']
 
 
@@ -83,36 +91,51 @@ def _foldable(conv, bn) -> bool:
             and bn.running_var is not None and bn.num_features == conv.out_channels)
 
 
+def _fold_numbered(module: nn.Module) -> None:
+    """``convN`` / ``bnN`` (N = 1, 2, 3): ``bnN`` folded into ``convN``, then ``nn.Identity``."""
+    for n in (1, 2, 3):
+        conv, bn = getattr(module, f'conv{n}', None), getattr(module, f'bn{n}', None)
+        if _foldable(conv, bn):
+            setattr(module, f'conv{n}', _fold_conv_bn(conv, bn))
+            setattr(module, f'bn{n}', nn.Identity())
+
+
+def _fold_sequential(module: nn.Sequential) -> None:
+    """Each ``Conv2d`` directly followed by a ``BatchNorm2d`` in ``module`` (a downsample projection)."""
+    names = list(module._modules)
+    for first, second in zip(names, names[1:]):
+        conv, bn = module._modules[first], module._modules[second]
+        if _foldable(conv, bn):
+            module._modules[first] = _fold_conv_bn(conv, bn)
+            module._modules[second] = nn.Identity()
+
+
+def fold_block_batchnorms(block: nn.Module) -> nn.Module:
+    """Fold, in place, the BatchNorms of one timm ``BasicBlock`` / ``Bottleneck`` (or subclass).
+
+    ``bnN`` into ``convN`` (N = 1, 2, 3: the block's forward applies ``bnN`` directly to ``convN``'s
+    output) and, in the ``downsample`` projection, each BatchNorm into the conv right before it. A
+    folded BatchNorm becomes ``nn.Identity`` (no state dict entries), its conv gets a bias. A pair that
+    is not a plain ``Conv2d`` and a BatchNorm with running statistics stays as it is. Idempotent.
+    """
+    _fold_numbered(block)
+    downsample = getattr(block, 'downsample', None)
+    if isinstance(downsample, nn.Sequential):
+        _fold_sequential(downsample)
+    return block
+
+
 def fold_batchnorms(model: nn.Module) -> nn.Module:
     """Fold BatchNorms into the convolution right before them, in place, where that order is certain.
 
-    Folded: ``convN`` / ``bnN`` (N = 1, 2, 3) of timm's ``ResNet`` stem and of its ``BasicBlock`` /
-    ``Bottleneck`` (and subclasses: the plain blocks), whose forward applies ``bnN`` directly to
-    ``convN``'s output; and a ``Conv2d`` followed by a ``BatchNorm2d`` inside an ``nn.Sequential`` (the
+    Folded: ``convN`` / ``bnN`` of timm's ``ResNet`` stem and of its ``BasicBlock`` / ``Bottleneck``
+    (and subclasses), and a ``Conv2d`` followed by a ``BatchNorm2d`` inside an ``nn.Sequential`` (the
     downsample projections, deep stems). The BatchNorm becomes ``nn.Identity``. Nothing else changes.
+    Not the deployed form (that is timm's ``reparameterize_model``); a conv-BN fusion for any ResNet.
     """
     for module in model.modules():
         if isinstance(module, (ResNet, BasicBlock, Bottleneck)):
-            for n in (1, 2, 3):
-                conv, bn = getattr(module, f'conv{n}', None), getattr(module, f'bn{n}', None)
-                if _foldable(conv, bn):
-                    setattr(module, f'conv{n}', _fold_conv_bn(conv, bn))
-                    setattr(module, f'bn{n}', nn.Identity())
+            _fold_numbered(module)
         elif isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:]):
-                conv, bn = module._modules[first], module._modules[second]
-                if _foldable(conv, bn):
-                    module._modules[first] = _fold_conv_bn(conv, bn)
-                    module._modules[second] = nn.Identity()
+            _fold_sequential(module)
     return model
-
-
-def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """timm's ``reparameterize_model`` (every ``reparameterize()``), then ``fold_batchnorms``.
-
-    Works on any model: on timm's residual ResNets it folds the BatchNorms only, which makes it the
-    fair deployment baseline for a PNNH net. Returns a copy unless ``inplace``.
-    """
-    model = timm_reparameterize_model(model, inplace=inplace)
-    return fold_batchnorms(model)

@@ -13,8 +13,10 @@ A PNNH block contains the residual block it replaces (README "The PNNH block"):
   timm's ``Block`` with the same attention, MLP, norm and LayerScale weights.
 
 So a timm residual state dict becomes a PNNH one by adding the coder weights; nothing else changes.
-:func:`residual_to_pnnh_resnet` and :func:`residual_to_pnnh_vit` do that as timm ``pretrained_filter_fn``
-(inside timm's own ``load_pretrained``); a state dict that already has coders passes through unchanged.
+Each family says which coder weights its nets need (``pnnh_resnet_coders`` in ``pnnh_resnet.py``,
+``pnnh_vit_coders`` in ``pnnh_vit.py``) and hands them to :func:`convert_state_dict` in its timm
+``pretrained_filter_fn`` (inside timm's own ``load_pretrained``); a state dict that already has coders,
+or the model's own keys (a folded net), passes through unchanged. This module imports no family.
 
 Tags. Each ImageNet-style PNNH name gets, as its default tag, the tag of timm's default weights for the
 residual architecture (``pnnh_resnet34.a1_in1k`` <- ``timm/resnet34.a1_in1k``): the cfg's ``hf_hub_id`` is
@@ -22,10 +24,13 @@ timm's repository, its data config is timm's, and its ``notes`` say it is conver
 carry model arguments, so the knobs the conversion needs live in :data:`CONVERSIONS` and the entrypoints
 apply them (:func:`converted_model_args`) when the tag's weights are loaded (``pretrained=True``) or the
 tag is named (``pnnh_vit_small_patch16_224.augreg_in21k_ft_in1k``); ``create_model('pnnh_resnet50')``
-without either keeps the registered defaults. A knob given with a different value is a ValueError.
+without either keeps the registered defaults. A knob given with a different value is a ValueError,
+unless ``pretrained_cfg_overlay`` points the tag at other weights (a file, e.g. a net folded for
+deployment with other knobs): then the knobs given stay and the tag's are defaults for the others (a
+net with other knobs reloads with its knobs given, or under a tag that is not converted, ``.in1k``).
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 from timm.models import get_pretrained_cfg
@@ -35,8 +40,7 @@ from timm.models._pretrained import PretrainedCfg
 from timm_pnnh.models._cfgs import PretrainedLoadError, WEIGHTS_FILE, _where
 
 __all__ = ['Conversion', 'CONVERSIONS', 'ConversionError', 'converted_cfgs', 'converted_model_args',
-           'conversion_of', 'residual_to_pnnh_resnet', 'residual_to_pnnh_vit', 'pnnh_resnet_coders',
-           'pnnh_vit_coders']
+           'conversion_of', 'add_coders', 'convert_state_dict']
 
 # data-config fields copied from timm's cfg of the source weights (the converted net sees the same images)
 _DATA_FIELDS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
@@ -110,92 +114,39 @@ def conversion_of(variant: str, pretrained_cfg: Any = None, overlay: Optional[Di
     return CONVERSIONS.get(f'{variant}.{cfg.tag}') if cfg is not None and cfg.tag else None
 
 
+def _loads_the_source(conversion: Conversion, cfg: PretrainedCfg) -> bool:
+    """Whether ``cfg`` (resolved, overlay applied) loads the conversion's own weights (timm's), not a
+    file, state dict or repository of the user's choosing."""
+    registered = get_pretrained_cfg(conversion.name)
+    return (cfg.state_dict is None and not cfg.file and cfg.source in (None, registered.source)
+            and cfg.hf_hub_id == registered.hf_hub_id and cfg.url == registered.url)
+
+
 def converted_model_args(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The model arguments a converted tag implies, when its weights are loaded or the tag is named.
 
-    ``kwargs`` are the entrypoint's (``pretrained_cfg`` is the tag of a ``model.tag`` name). Raises
-    ValueError for a knob in ``kwargs`` that contradicts the tag.
+    ``kwargs`` are the entrypoint's (``pretrained_cfg`` is the tag of a ``model.tag`` name). Where the
+    tag's own weights (timm's) are what is loaded or named, a knob in ``kwargs`` that contradicts the
+    tag raises ValueError. Where ``pretrained_cfg_overlay`` points the tag at other weights (a file, a
+    state dict, another repository: a copy of timm's weights, or a PNNH net trained or folded with other
+    knobs, e.g. ``coder_ratio=0.5``), the knobs in ``kwargs`` stay and the tag's arguments are defaults
+    for the others: the ones not in ``kwargs`` are returned.
     """
     if not pretrained and kwargs.get('pretrained_cfg') is None:
         return {}
-    conversion = conversion_of(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    conversion = conversion_of(variant, kwargs.get('pretrained_cfg'), overlay)
     if conversion is None:
         return {}
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay)
+    if not _loads_the_source(conversion, cfg):
+        return {name: value for name, value in conversion.model_args.items() if name not in kwargs}
     for name, value in conversion.model_args.items():
         if name in kwargs and kwargs[name] != value:
             raise ValueError(
                 f'{name}={kwargs[name]!r} is not allowed with {conversion.name}: its weights are timm\'s '
                 f'{conversion.source} converted exactly, which needs {_args_text(conversion.model_args)}')
     return dict(conversion.model_args)
-
-
-def _is_identity_act(act: torch.nn.Module) -> bool:
-    """``act(u) - act(-u) == u``: the signed Dirac coder then passes tokens through exactly."""
-    u = torch.linspace(-8, 8, 257, dtype=torch.float64)
-    return torch.allclose(act(u) - act(-u), u, rtol=0, atol=1e-12)
-
-
-def pnnh_resnet_coders(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """``{'layerX.Y.coder.weight': Dirac / gain}`` for every PNNH block of a ResNet-family ``model``.
-
-    Raises ConversionError when the model cannot carry a residual net exactly: a coder narrower than its
-    block, a coder norm, a non-ReLU activation, or plain transition blocks.
-    """
-    from timm_pnnh import PlainBasicBlock, PlainBottleneck, PnnhBasicBlock, PnnhBottleneck
-    coders, problems = {}, []
-    for name, block in model.named_modules():
-        if isinstance(block, (PlainBasicBlock, PlainBottleneck)):
-            problems.append(f'{name} is a plain transition block (plain_transitions=True), a residual block has a '
-                            'shortcut there')
-        if not isinstance(block, (PnnhBasicBlock, PnnhBottleneck)) or block.inference_mode:
-            continue
-        weight = block.coder.weight
-        if weight.shape[0] != weight.shape[1]:
-            problems.append(f'{name}.coder has {weight.shape[0]} of {weight.shape[1]} channels (coder_ratio=1.0 needed)')
-        if not isinstance(block.coder.norm, torch.nn.Identity):
-            problems.append(f'{name}.coder has a norm (coder_norm=False needed)')
-        acts = [block.act1, block.act2] + ([block.act3] if hasattr(block, 'act3') else [])
-        if not all(type(a) is torch.nn.ReLU for a in acts):
-            problems.append(f'{name} uses {type(block.act1).__name__}, not ReLU: its input may be negative')
-        dirac = torch.zeros_like(weight, device='cpu', dtype=torch.float32)
-        torch.nn.init.dirac_(dirac)
-        coders[f'{name}.coder.weight'] = dirac / block.coder.gain
-    if problems:
-        raise ConversionError('; '.join(problems[:4]) + (f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''))
-    return coders
-
-
-def pnnh_vit_coders(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """``{'blocks.i.coder.weight': [I; -I], 'blocks.i.coder2.weight': [I; -I]}`` for a PNNH ViT ``model``.
-
-    Raises ConversionError unless every block is sequential, with a 2C-wide coder, no coder norm and a
-    coder activation with ``act(u) - act(-u) = u``.
-    """
-    from timm_pnnh.models.pnnh_vit import PnnhBlock
-    coders, problems = {}, []
-    for name, block in model.named_modules():
-        if not isinstance(block, PnnhBlock):
-            continue
-        if block.inference_mode:  # folded: its weights are the deployed form, nothing to convert
-            continue
-        if block.coder2 is None:
-            problems.append(f'{name} is not sequential (arrangement=\'sequential\' needed)')
-            continue
-        for coder_name in ('coder', 'coder2'):
-            coder = getattr(block, coder_name)
-            coder_dim, dim = coder.weight.shape
-            if coder_dim != 2 * dim:
-                problems.append(f'{name}.{coder_name} has {coder_dim} rows for {dim} channels (coder_ratio=2.0 needed)')
-                continue
-            if not _is_identity_act(coder.act):
-                problems.append(f'{name}.{coder_name} uses {type(coder.act).__name__}: act(u) - act(-u) != u')
-            eye = torch.eye(dim)
-            coders[f'{name}.{coder_name}.weight'] = torch.cat([eye, -eye], 0)
-        if block.coder_norm:
-            problems.append(f'{name} reads normed tokens (coder_norm=False needed)')
-    if problems:
-        raise ConversionError('; '.join(problems[:4]) + (f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''))
-    return coders
 
 
 def add_coders(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, coders: Dict[str, torch.Tensor],
@@ -226,22 +177,23 @@ def _load_error(model: torch.nn.Module, error: Exception) -> PretrainedLoadError
     return PretrainedLoadError(f'{name}: the pretrained weights from {where} do not convert to a PNNH net: {error}')
 
 
-def _filter(state_dict, model, coders_fn, classifier: str):
-    if _is_pnnh(state_dict):
+def _same_keys(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, ignore: tuple) -> bool:
+    """The state dict has the model's keys (those starting with ``ignore`` aside): nothing to add."""
+    return {k for k in state_dict if not k.startswith(ignore)} == {k for k in model.state_dict() if not k.startswith(ignore)}
+
+
+def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module,
+                       coders_fn: Callable[[torch.nn.Module], Dict[str, torch.Tensor]], classifier: str
+                       ) -> Dict[str, torch.Tensor]:
+    """The body of a family's timm ``pretrained_filter_fn``: a residual state dict plus the coder weights
+    ``coders_fn(model)`` gives (exact), or, unchanged, a state dict that is a PNNH net's already (it has
+    coders, or it has the model's keys: e.g. a folded net's for ``inference_mode=True``). ``classifier``:
+    the head's module name, whose keys timm adapts afterwards. A state dict that does not convert raises
+    PretrainedLoadError naming the model, its tag and the source."""
+    ignore = (classifier + '.',)
+    if _is_pnnh(state_dict) or _same_keys(state_dict, model, ignore):
         return state_dict
     try:
-        return add_coders(state_dict, model, coders_fn(model), ignore=(classifier + '.',))
+        return add_coders(state_dict, model, coders_fn(model), ignore=ignore)
     except ConversionError as e:
         raise _load_error(model, e) from e
-
-
-def residual_to_pnnh_resnet(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: a timm ``resnet*`` state dict -> the PNNH ``model``'s (exact)."""
-    return _filter(state_dict, model, pnnh_resnet_coders, 'fc')
-
-
-def residual_to_pnnh_vit(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: a timm ``vit_*`` state dict (after timm's ViT ``checkpoint_filter_fn``)
-    -> the PNNH ``model``'s (exact)."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-    return _filter(checkpoint_filter_fn(state_dict, model), model, pnnh_vit_coders, 'head')

@@ -1,16 +1,14 @@
-"""What the model families share: family names, knob checks, coder widths and inits, argument checks."""
+"""What the model families share: knob checks, coder widths and inits, argument checks, the deployed form."""
 import inspect
 from typing import Any, Callable, Dict, Iterable, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, reparameterize_model
 
-__all__ = ['FAMILIES', 'CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
+__all__ = ['CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
            'check_ratio', 'check_choice', 'coder_width', 'signed_dirac_', 'deployable']
 
-# 'pnnh' (coder + learner), 'plain' (shortcuts removed), 'residual' (timm's own blocks)
-FAMILIES = ('pnnh', 'plain', 'residual')
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
 # C_c / C: up to 2, where the signed Dirac init E = [I; -I] makes the coder the exact identity
 MAX_CODER_RATIO = 2.0
@@ -74,15 +72,17 @@ def signed_dirac_(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def deployable(model_cls: Callable, inference_mode: bool, fold: Callable[[nn.Module], Any]) -> Callable:
-    """``model_cls``, or with ``inference_mode=True`` a builder of its deployed form: the model, folded by
-    ``fold`` before timm's builder loads weights into it (timm's byobnet / fastvit ``inference_mode``)."""
+def deployable(model_cls: Callable, inference_mode: bool) -> Callable:
+    """``model_cls``, or with ``inference_mode=True`` a builder of its deployed form: the model folded by
+    timm's ``reparameterize_model`` (every ``reparameterize()``) before timm's builder loads weights into
+    it (timm's byobnet / fastvit ``inference_mode``). So weights saved after timm's function (or
+    ``validate.py --reparam``) load into ``create_model(name, inference_mode=True)`` exactly."""
     check_choice('inference_mode', inference_mode, (False, True))
     if not inference_mode:
         return model_cls
 
     def build(**kwargs):
         model = model_cls(**kwargs)
-        fold(model.eval())
+        reparameterize_model(model.eval(), inplace=True)
         return model.train()
     return build

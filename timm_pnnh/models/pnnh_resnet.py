@@ -18,11 +18,17 @@ keep the original residual block unless ``plain_transitions=True``):
   ``cifar_resnet20/...``. timm's ResNet projects the shortcut with a 1x1 conv where width changes
   (He et al.'s option B), which the residual baseline keeps.
 
-``inference_mode=True`` builds any of them in the deployed form of ``timm_pnnh.reparam.reparameterize_model``.
+Each entrypoint at the bottom of this file names its block and stage depths (``model_args``).
+The knob defaults are :data:`PNNH_KNOBS` (and :data:`PNNH_BOTTLENECK_KNOBS`), read by the blocks'
+signatures and by the entrypoints.
+
+Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls every block's
+``reparameterize()``: PNNH blocks fold into plain conv stacks, the other blocks fold their BatchNorms
+(the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -34,46 +40,56 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
 
 from timm_pnnh.models import coder_ops
-from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_resnet
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
+from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
     CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, pad_kernel, reparameterize_model
+from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, fold_block_batchnorms, pad_kernel
 
-__all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck', 'BlockSelector',
-           'PNNH_KNOBS', 'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args']
+__all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
+           'ResidualBasicBlock', 'ResidualBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
+           'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
-# defaults of the knobs the paper leaves open (see README "Knobs" and the ablation)
+# The defaults of the knobs the paper leaves open (see README "Knobs" and the ablation), each written
+# here once: the blocks' signatures and the entrypoints read these tables.
 PNNH_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1,
     coder_sharing='block')
 # A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
 # about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
 # yet measured: ImageNet-scale ablations cannot run here.
-BOTTLENECK_CODER_RATIO = 0.25
+PNNH_BOTTLENECK_KNOBS: Dict[str, Any] = dict(PNNH_KNOBS, coder_ratio=0.25)
 CODER_KERNELS = (1, 3)
 CODER_SHARING = ('block', 'stage')
 _IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
 
-IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
-                   101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
+# the registered depths (each entrypoint below writes its architecture)
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 # depths with a Fashion-MNIST weight tag (1x28x28 input); the default tag stays .cifar10 (3x32x32)
 FMNIST_DEPTHS = (20, 56)
 
+# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
+_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
+    coder_lr_scale=lambda v: check_ratio('coder_lr_scale', v, 0.0, 1.0),
+    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
+    learner_ratio=lambda v: check_ratio('learner_ratio', v, 0.0, 4.0),
+    coder_kernel=lambda v: check_choice('coder_kernel', v, CODER_KERNELS),
+    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
+    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
+    coder_sharing=lambda v: check_choice('coder_sharing', v, CODER_SHARING),
+)
 
-def check_pnnh_args(coder_ratio: float = 1.0, learner_ratio: float = 1.0, coder_kernel: int = 1,
-                    coder_init: str = 'dirac', coder_norm: bool = False, coder_lr_scale: float = 0.1,
-                    coder_sharing: str = 'block') -> None:
-    """Validate the PNNH knobs (the ones the paper leaves open); raise ValueError naming the bad one."""
-    check_ratio('coder_lr_scale', coder_lr_scale, 0.0, 1.0)
-    check_ratio('coder_ratio', coder_ratio, 0.0, MAX_CODER_RATIO)
-    check_ratio('learner_ratio', learner_ratio, 0.0, 4.0)
-    check_choice('coder_kernel', coder_kernel, CODER_KERNELS)
-    check_choice('coder_init', coder_init, CODER_INITS)
-    check_choice('coder_norm', coder_norm, (False, True))
-    check_choice('coder_sharing', coder_sharing, CODER_SHARING)
+
+def check_pnnh_args(**knobs: Any) -> None:
+    """Validate the PNNH knobs given (names from ``PNNH_KNOBS``); raise ValueError naming the bad one."""
+    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    if unknown:
+        raise TypeError(f'check_pnnh_args: unknown knob {", ".join(unknown)}; the knobs are {", ".join(PNNH_KNOBS)}')
+    for name, check in _KNOB_CHECKS.items():
+        if name in knobs:
+            check(knobs[name])
 
 
 class _Coder(nn.Module):
@@ -189,7 +205,76 @@ def _check_unsupported(block: str, attn_layer, aa_layer, reduce_first) -> None:
             raise ValueError(f'{name}={value!r} is not supported by {block}: it must be {allowed}')
 
 
-class PnnhBasicBlock(nn.Module):
+class _PnnhBlock(nn.Module):
+    """What ``PnnhBasicBlock`` and ``PnnhBottleneck`` share: the argument checks, the coder set-up, the
+    learner's zero-initialised last BN, the coder's TorchScript form and the end of the fold.
+
+    A subclass sets ``expansion``, ``knobs`` (the table its signature reads its knob defaults from),
+    ``last_bn`` (the name of the learner's last BatchNorm), builds its learner after this ``__init__``
+    and sets ``coder_act2`` (the coder's second act, None without one), and implements ``_plain_layers``
+    (the folded layers, in order).
+    """
+    expansion = 1
+    knobs = PNNH_KNOBS
+    last_bn = 'bn2'
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module],
+                 reduce_first: int, first_dilation: int, norm_layer: Type[nn.Module], attn_layer, aa_layer,
+                 drop_path: Optional[nn.Module], coder_weight: Optional[nn.Parameter], knobs: Dict[str, Any],
+                 device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        check_pnnh_args(**knobs)
+        channels = planes * self.expansion
+        if stride != 1 or downsample is not None or inplanes != channels:
+            raise ValueError(
+                f'{name} is for stride-1, same-width blocks: got stride={stride}, inplanes={inplanes}, '
+                f'planes={planes} ({channels} channels out), downsample={"set" if downsample is not None else None}')
+        _check_unsupported(name, attn_layer, aa_layer, reduce_first)
+        self.coder = _Coder(channels, coder_width(channels, knobs['coder_ratio'], 'coder_ratio'), knobs['coder_kernel'],
+                            first_dilation, knobs['coder_init'], norm_layer if knobs['coder_norm'] else None,
+                            knobs['coder_lr_scale'], coder_weight, device=device, dtype=dtype)
+        self.drop_path = drop_path
+        self.inference_mode = False
+        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
+
+    def zero_init_last(self) -> None:
+        """Zero the learner's last BN scale so that the block starts as its coder alone."""
+        bn = getattr(self, self.last_bn, None)
+        if getattr(bn, 'weight', None) is not None:
+            nn.init.zeros_(bn.weight)
+
+    def _coded(self, x: torch.Tensor) -> torch.Tensor:
+        """The coder's output, ``adj(E) act(E x)`` (``coder_act2`` after ``act1`` when it is set)."""
+        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
+            kernel = self.coder.kernel()
+            code = self.act1(self.coder.encode(x, kernel))
+            if self.coder_act2 is not None:
+                code = self.coder_act2(code)
+            return self.coder.decode(code, kernel)
+        return self.coder.code(x, self.act1, self.coder_act2)
+
+    def _plain_layers(self) -> Dict[str, nn.Module]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the block, in place, into ``plain``: a ``Sequential`` of convs with bias and the block's
+        acts (``_plain_layers`` of the subclass says which), the eval form (BatchNorm running statistics).
+        The training-form layers go; DropBlock and DropPath, identities in eval, are dropped. timm's
+        ``reparameterize_model`` calls this. Idempotent."""
+        if self.plain is not None:
+            return
+        layers = self._plain_layers()
+        for name in list(self._modules):
+            delattr(self, name)
+        self.coder_act2 = None
+        self.drop_path = None
+        self.plain = nn.Sequential(OrderedDict(layers))
+        self.inference_mode = True
+
+
+class PnnhBasicBlock(_PnnhBlock):
     """Stride-1 PNNH block for ResNet-18/34 and the CIFAR ResNets (C channels in and out).
 
     With ``x`` the input, ``E`` the coder weight (C_c x C x k x k, k = ``coder_kernel``) and ``act``
@@ -219,6 +304,8 @@ class PnnhBasicBlock(nn.Module):
     learning rate (see ``_Coder``): a coder trained at the full rate destabilised deep nets here.
     """
     expansion = 1
+    knobs = PNNH_KNOBS
+    last_bn = 'bn2'
 
     def __init__(
             self,
@@ -237,33 +324,26 @@ class PnnhBasicBlock(nn.Module):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = 1.0,
-            learner_ratio: float = 1.0,
-            coder_kernel: int = 1,
-            coder_init: str = 'dirac',
-            coder_norm: bool = False,
-            coder_lr_scale: float = 0.1,
+            coder_ratio: float = PNNH_KNOBS['coder_ratio'],
+            learner_ratio: float = PNNH_KNOBS['learner_ratio'],
+            coder_kernel: int = PNNH_KNOBS['coder_kernel'],
+            coder_init: str = PNNH_KNOBS['coder_init'],
+            coder_norm: bool = PNNH_KNOBS['coder_norm'],
+            coder_lr_scale: float = PNNH_KNOBS['coder_lr_scale'],
             coder_weight: Optional[nn.Parameter] = None,
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm, coder_lr_scale)
-        if stride != 1 or downsample is not None or inplanes != planes:
-            raise ValueError(
-                f'PnnhBasicBlock is for stride-1, same-width blocks: got stride={stride}, '
-                f'inplanes={inplanes}, planes={planes}, downsample={"set" if downsample is not None else None}')
+        first_dilation = first_dilation or dilation
+        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
+                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale)
+        super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
+                         aa_layer, drop_path, coder_weight, knobs, **dd)
         if cardinality != 1 or base_width != 64:
             raise ValueError(f'cardinality={cardinality}, base_width={base_width}: PnnhBasicBlock supports only 1 and 64')
-        _check_unsupported('PnnhBasicBlock', attn_layer, aa_layer, reduce_first)
         channels = planes
         learner_channels = coder_width(channels, learner_ratio, 'learner_ratio')
-        first_dilation = first_dilation or dilation
-
-        self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
-                            first_dilation, coder_init, norm_layer if coder_norm else None, coder_lr_scale,
-                            coder_weight, **dd)
         self.conv1 = nn.Conv2d(channels, learner_channels, 3, padding=first_dilation, dilation=first_dilation,
                                bias=False, **dd)
         self.bn1 = norm_layer(learner_channels, **dd)
@@ -272,22 +352,13 @@ class PnnhBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(learner_channels, channels, 3, padding=dilation, dilation=dilation, bias=False, **dd)
         self.bn2 = norm_layer(channels, **dd)
         self.act2 = act_layer(inplace=True)
-        self.drop_path = drop_path
-        self.inference_mode = False
-        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
+        self.coder_act2: Optional[nn.Module] = None
 
-    def zero_init_last(self) -> None:
-        """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(getattr(self, 'bn2', None), 'weight', None) is not None:
-            nn.init.zeros_(self.bn2.weight)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2)`` (eval form).
+    def _plain_layers(self) -> Dict[str, nn.Module]:
+        """``reparameterize()`` folds the block into ``plain = Sequential(conv1, act1, conv2, act2)``.
 
         ``conv1 = [N_c E ; BN1 L1]`` and ``conv2 = [adj(E) | BN2 L2]``, both with bias, the 1x1 coder
-        zero-padded to the learner's 3x3. Uses BatchNorm running statistics; DropBlock and DropPath,
-        identities in eval, are dropped. timm's ``reparameterize_model`` calls this. Idempotent.
+        zero-padded to the learner's 3x3.
 
         Cost: both convs are 3x3 over ``C_c + C_l`` hidden channels, ``(C_c + C_l) / C`` times a
         residual block's multiply-adds (2x with the default C-wide coder, 1x with
@@ -299,8 +370,6 @@ class PnnhBasicBlock(nn.Module):
         ``timm_pnnh.prune.prune_dead_channels`` removes hidden channels that carry nothing (exactly
         from the weights, or on calibration data at an accuracy cost to be measured).
         """
-        if self.plain is not None:
-            return
         enc_w, enc_b, dec_w = self.coder.folded()
         scale1, shift1 = bn_scale_shift(self.bn1)
         scale2, shift2 = bn_scale_shift(self.bn2)
@@ -309,22 +378,13 @@ class PnnhBasicBlock(nn.Module):
                   for conv in (self.conv1, self.conv2))
         w1 = torch.cat([pad_kernel(enc_w, k), pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
         w2 = torch.cat([pad_kernel(dec_w, k), pad_kernel(self.conv2.weight * scale2.reshape(-1, 1, 1, 1), k)], 1)
-        self.plain = nn.Sequential(OrderedDict(
-            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
-            conv2=_conv_with_bias(w2, shift2, d2), act2=self.act2))
-        for name in ('coder', 'conv1', 'bn1', 'drop_block', 'conv2', 'bn2', 'act1', 'act2'):
-            delattr(self, name)
-        self.drop_path = None
-        self.inference_mode = True
+        return dict(conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+                    conv2=_conv_with_bias(w2, shift2, d2), act2=self.act2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None
             return self.plain(x)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
-            kernel = self.coder.kernel()
-            coded = self.coder.decode(self.act1(self.coder.encode(x, kernel)), kernel)
-        else:
-            coded = self.coder.code(x, self.act1)
+        coded = self._coded(x)
         learned = self.conv1(x)
         learned = self.bn1(learned)
         learned = self.drop_block(learned)
@@ -336,7 +396,7 @@ class PnnhBasicBlock(nn.Module):
         return self.act2(learned)
 
 
-class PnnhBottleneck(nn.Module):
+class PnnhBottleneck(_PnnhBlock):
     """Stride-1 PNNH bottleneck for ResNet-50/101/152 (C = 4 * planes channels in and out).
 
     This project's design (the paper gives none): the coder crosses *both* non-linearities of the
@@ -356,6 +416,8 @@ class PnnhBottleneck(nn.Module):
         k*k*C_c*C  +  C*W  +  9*W*W/g  +  W*C  +  2*W  +  2*W  +  2*C  (+ 2*C_c if coder_norm)
     """
     expansion = 4
+    knobs = PNNH_BOTTLENECK_KNOBS
+    last_bn = 'bn3'
 
     def __init__(
             self,
@@ -374,35 +436,28 @@ class PnnhBottleneck(nn.Module):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = 1.0,
-            learner_ratio: float = 1.0,
-            coder_kernel: int = 1,
-            coder_init: str = 'dirac',
-            coder_norm: bool = False,
-            coder_lr_scale: float = 0.1,
+            coder_ratio: float = PNNH_BOTTLENECK_KNOBS['coder_ratio'],
+            learner_ratio: float = PNNH_BOTTLENECK_KNOBS['learner_ratio'],
+            coder_kernel: int = PNNH_BOTTLENECK_KNOBS['coder_kernel'],
+            coder_init: str = PNNH_BOTTLENECK_KNOBS['coder_init'],
+            coder_norm: bool = PNNH_BOTTLENECK_KNOBS['coder_norm'],
+            coder_lr_scale: float = PNNH_BOTTLENECK_KNOBS['coder_lr_scale'],
             coder_weight: Optional[nn.Parameter] = None,
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        check_pnnh_args(coder_ratio, learner_ratio, coder_kernel, coder_init, coder_norm, coder_lr_scale)
+        first_dilation = first_dilation or dilation
+        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
+                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale)
+        super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
+                         aa_layer, drop_path, coder_weight, knobs, **dd)
         channels = planes * self.expansion
-        if stride != 1 or downsample is not None or inplanes != channels:
-            raise ValueError(
-                f'PnnhBottleneck is for stride-1, same-width blocks: got stride={stride}, '
-                f'inplanes={inplanes}, planes*4={channels}, downsample={"set" if downsample is not None else None}')
-        _check_unsupported('PnnhBottleneck', attn_layer, aa_layer, reduce_first)
         width = int(planes * (base_width / 64)) * cardinality
         width = coder_width(width, learner_ratio, 'learner_ratio')
         if width % cardinality:
             raise ValueError(f'learner_ratio={learner_ratio!r} gives a learner width {width} '
                              f'not divisible by cardinality={cardinality}')
-        first_dilation = first_dilation or dilation
-
-        self.coder = _Coder(channels, coder_width(channels, coder_ratio, 'coder_ratio'), coder_kernel,
-                            first_dilation, coder_init, norm_layer if coder_norm else None, coder_lr_scale,
-                            coder_weight, **dd)
         self.conv1 = nn.Conv2d(channels, width, 1, bias=False, **dd)
         self.bn1 = norm_layer(width, **dd)
         self.act1 = act_layer(inplace=True)
@@ -417,32 +472,20 @@ class PnnhBottleneck(nn.Module):
         # the coder's second act: act2 itself would work in place on act1's output, which act1's
         # backward needs; an idempotent act (ReLU) applied twice is applied once
         self.coder_act2 = nn.Identity() if isinstance(self.act2, _IDEMPOTENT_ACTS) else act_layer(inplace=False)
-        self.drop_path = drop_path
-        self.inference_mode = False
-        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
 
-    def zero_init_last(self) -> None:
-        """Zero the learner's last BN scale so that the block starts as its coder alone."""
-        if getattr(getattr(self, 'bn3', None), 'weight', None) is not None:
-            nn.init.zeros_(self.bn3.weight)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the block, in place, into ``plain = Sequential(conv1, act1, conv2, act2, conv3, act3)``.
+    def _plain_layers(self) -> Dict[str, nn.Module]:
+        """``reparameterize()`` folds the block into ``plain = Sequential(conv1, act1, conv2, act2, conv3, act3)``.
 
         ``conv1 = [N_c E ; BN1 L1]``, ``conv2 = diag(I, BN2 L2)`` (a Dirac kernel on the coder channels,
         block-diagonal dense if ``cardinality > 1``), ``conv3 = [adj(E) | BN3 L3]``, all with bias, every
         kernel zero-padded to the largest of its conv. Eval form (BatchNorm running statistics).
         """
-        if self.plain is not None:
-            return
         enc_w, enc_b, dec_w = self.coder.folded()
         scale1, shift1 = bn_scale_shift(self.bn1)
         scale2, shift2 = bn_scale_shift(self.bn2)
         scale3, shift3 = bn_scale_shift(self.bn3)
         k = enc_w.shape[-1]
-        name = type(self).__name__
-        d1 = d3 = _check_dilation((k, 1), (self.coder.dilation, 1), name)
+        d1 = d3 = _check_dilation((k, 1), (self.coder.dilation, 1), type(self).__name__)
         d2 = self.conv2.dilation[0]
         coder_channels, width = enc_w.shape[0], self.conv2.out_channels
         w1 = torch.cat([enc_w, pad_kernel(self.conv1.weight * scale1.reshape(-1, 1, 1, 1), k)], 0)
@@ -450,24 +493,14 @@ class PnnhBottleneck(nn.Module):
         nn.init.dirac_(w2[:coder_channels, :coder_channels])
         w2[coder_channels:, coder_channels:] = dense_weight(self.conv2.weight, self.conv2.groups) * scale2.reshape(-1, 1, 1, 1)
         w3 = torch.cat([dec_w, pad_kernel(self.conv3.weight * scale3.reshape(-1, 1, 1, 1), k)], 1)
-        self.plain = nn.Sequential(OrderedDict(
-            conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
-            conv2=_conv_with_bias(w2, torch.cat([shift2.new_zeros(coder_channels), shift2]), d2), act2=self.act2,
-            conv3=_conv_with_bias(w3, shift3, d3), act3=self.act3))
-        for attr in ('coder', 'conv1', 'bn1', 'conv2', 'bn2', 'drop_block', 'conv3', 'bn3', 'act1', 'act2', 'act3',
-                     'coder_act2'):
-            delattr(self, attr)
-        self.drop_path = None
-        self.inference_mode = True
+        return dict(conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
+                    conv2=_conv_with_bias(w2, torch.cat([shift2.new_zeros(coder_channels), shift2]), d2), act2=self.act2,
+                    conv3=_conv_with_bias(w3, shift3, d3), act3=self.act3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None
             return self.plain(x)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the coder operation
-            kernel = self.coder.kernel()
-            coded = self.coder.decode(self.coder_act2(self.act1(self.coder.encode(x, kernel))), kernel)
-        else:
-            coded = self.coder.code(x, self.act1, self.coder_act2)
+        coded = self._coded(x)
         learned = self.act1(self.bn1(self.conv1(x)))
         learned = self.bn2(self.conv2(learned))
         learned = self.drop_block(learned)
@@ -479,7 +512,30 @@ class PnnhBottleneck(nn.Module):
         return self.act3(learned)
 
 
-class PlainBasicBlock(BasicBlock):
+class _FoldBatchNorms:
+    """``reparameterize()`` for a timm ``BasicBlock`` / ``Bottleneck`` (or subclass): its BatchNorms fold
+    into the convolutions before them, the downsample projection's too (``fold_block_batchnorms``), so
+    that timm's ``reparameterize_model`` folds the blocks that are not PNNH blocks as well."""
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold ``bnN`` into ``convN`` and the downsample projection's BatchNorm into its conv, in place
+        (eval form: running statistics). The shortcut, if any, stays. Idempotent."""
+        fold_block_batchnorms(self)
+
+
+class ResidualBasicBlock(_FoldBatchNorms, BasicBlock):
+    """timm's ``BasicBlock``, unchanged (same arguments, state dict and forward), that folds its
+    BatchNorms in ``reparameterize()``: the transition blocks of the PNNH nets and the blocks of the
+    ``cifar_resnet*`` baselines."""
+
+
+class ResidualBottleneck(_FoldBatchNorms, Bottleneck):
+    """timm's ``Bottleneck``, unchanged, that folds its BatchNorms in ``reparameterize()`` (see
+    ``ResidualBasicBlock``)."""
+
+
+class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
     """timm's ``BasicBlock`` with its shortcut removed: ``act(BN2(conv(act(BN1(conv(x))))))``.
 
     The plain baseline. A block that changes stride or width downsamples with its own strided first
@@ -487,6 +543,7 @@ class PlainBasicBlock(BasicBlock):
     (zeroing the last BN would zero the whole signal), and ``drop_path`` drops the block's output,
     which is what removing the add and nothing else leaves.
     """
+
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
         super().__init__(inplanes, planes, stride, None, **kwargs)
@@ -509,7 +566,7 @@ class PlainBasicBlock(BasicBlock):
         return self.act2(x)
 
 
-class PlainBottleneck(Bottleneck):
+class PlainBottleneck(_FoldBatchNorms, Bottleneck):
     """timm's ``Bottleneck`` with its shortcut removed (see ``PlainBasicBlock``)."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
@@ -650,34 +707,76 @@ class CifarResNet(ResNet):
         return x
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
-    """Build the registered model ``variant`` ('{pnnh,plain,cifar}_resnet{depth}'); bad arguments raise ValueError."""
-    prefix, depth = variant.split('_resnet')
-    family, depth, cifar = {'cifar': 'residual'}.get(prefix, prefix), int(depth), int(depth) in CIFAR_DEPTHS
-    bottleneck, layers = (False, ((int(depth) - 2) // 6,) * 3) if cifar else IMAGENET_DEPTHS[depth]
-    model_cls = CifarResNet if cifar else ResNet
-    model_args = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
-    model_args = (model_args - {'block', 'layers'}) | {'inference_mode'}
-    check_model_kwargs(variant, kwargs, model_args | set(PNNH_KNOBS) | {'plain_transitions'} if family == 'pnnh' else model_args)
-    residual_block = Bottleneck if bottleneck else BasicBlock
-    if family == 'pnnh':
+def pnnh_resnet_coders(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``{'layerX.Y.coder.weight': Dirac / gain}`` for every PNNH block of a ResNet-family ``model``: the
+    coder weights that make it compute timm's residual net with the same other weights (``_converted``).
+
+    Raises ConversionError when the model cannot carry a residual net exactly: a coder narrower than its
+    block, a coder norm, a non-ReLU activation, or plain transition blocks.
+    """
+    coders, problems = {}, []
+    for name, block in model.named_modules():
+        if isinstance(block, (PlainBasicBlock, PlainBottleneck)):
+            problems.append(f'{name} is a plain transition block (plain_transitions=True), a residual block has a '
+                            'shortcut there')
+        if not isinstance(block, _PnnhBlock) or block.inference_mode:
+            continue
+        weight = block.coder.weight
+        if weight.shape[0] != weight.shape[1]:
+            problems.append(f'{name}.coder has {weight.shape[0]} of {weight.shape[1]} channels (coder_ratio=1.0 needed)')
+        if not isinstance(block.coder.norm, nn.Identity):
+            problems.append(f'{name}.coder has a norm (coder_norm=False needed)')
+        acts = [block.act1, block.act2] + ([block.act3] if hasattr(block, 'act3') else [])
+        if not all(type(a) is nn.ReLU for a in acts):
+            problems.append(f'{name} uses {type(block.act1).__name__}, not ReLU: its input may be negative')
+        dirac = torch.zeros_like(weight, device='cpu', dtype=torch.float32)
+        nn.init.dirac_(dirac)
+        coders[f'{name}.coder.weight'] = dirac / block.coder.gain
+    if problems:
+        raise ConversionError('; '.join(problems[:4]) + (f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''))
+    return coders
+
+
+def residual_to_pnnh_resnet(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: a timm ``resnet*`` state dict -> the PNNH ``model``'s (exact)."""
+    return convert_state_dict(state_dict, model, pnnh_resnet_coders, 'fc')
+
+
+# the transition blocks of a PNNH block (by expansion): residual, and plain with plain_transitions=True
+_TRANSITIONS = {1: (ResidualBasicBlock, PlainBasicBlock), 4: (ResidualBottleneck, PlainBottleneck)}
+
+
+def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
+    """Build ``variant``: ``model_cls`` with its entrypoint's ``model_args`` (``block``, ``layers``) and the
+    caller's ``kwargs`` (timm's ResNet arguments; with a PNNH ``block`` also its knobs and
+    ``plain_transitions``). Bad arguments raise ValueError (an unknown one also TypeError)."""
+    block, layers = model_args['block'], model_args['layers']
+    pnnh = issubclass(block, _PnnhBlock)
+    allowed = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
+    allowed = (allowed - {'block', 'layers'}) | {'inference_mode'}
+    check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed)
+    if pnnh:
         kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
-        defaults = dict(PNNH_KNOBS, coder_ratio=BOTTLENECK_CODER_RATIO) if bottleneck else PNNH_KNOBS
-        knobs = {name: kwargs.pop(name, default) for name, default in defaults.items()}
+        knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}
         check_pnnh_args(**knobs)
         plain_transitions = kwargs.pop('plain_transitions', False)
         check_choice('plain_transitions', plain_transitions, (False, True))
-        transition = (PlainBottleneck if bottleneck else PlainBasicBlock) if plain_transitions else residual_block
-        block = BlockSelector(PnnhBottleneck if bottleneck else PnnhBasicBlock, transition, **knobs)
-    elif family == 'plain':
-        block = PlainBottleneck if bottleneck else PlainBasicBlock
-    else:
-        block = residual_block
-    model_cls = deployable(model_cls, kwargs.pop('inference_mode', False), lambda m: reparameterize_model(m, inplace=True))
+        block = BlockSelector(block, _TRANSITIONS[block.expansion][plain_transitions], **knobs)
+    model_cls = deployable(model_cls, kwargs.pop('inference_mode', False))
     feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
     return build_model_with_hub(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
                                 **kwargs)
+
+
+def _create_resnet(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
+    """An ImageNet-style net: timm's ``ResNet`` (7x7 stem, max-pool, 4 stages)."""
+    return _create(ResNet, variant, pretrained, model_args, **kwargs)
+
+
+def _create_cifar_resnet(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
+    """A CIFAR-style net: ``CifarResNet`` (3x3 stride-1 stem, stages of 16/32/64 channels)."""
+    return _create(CifarResNet, variant, pretrained, model_args, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -708,148 +807,173 @@ default_cfgs = generate_default_cfgs(hub_cfgs({
 @register_model
 def pnnh_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-18, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet18', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet('pnnh_resnet18', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-34, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet34', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet('pnnh_resnet34', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-50, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet50', pretrained, **kwargs)
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet('pnnh_resnet50', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-101, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet101', pretrained, **kwargs)
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet('pnnh_resnet101', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-152, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet152', pretrained, **kwargs)
+    model_args = dict(block=PnnhBottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet('pnnh_resnet152', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-18, plain (every shortcut removed)."""
-    return _create('plain_resnet18', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(2, 2, 2, 2))
+    return _create_resnet('plain_resnet18', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-34, plain (every shortcut removed)."""
-    return _create('plain_resnet34', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(3, 4, 6, 3))
+    return _create_resnet('plain_resnet34', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-50, plain (every shortcut removed)."""
-    return _create('plain_resnet50', pretrained, **kwargs)
+    model_args = dict(block=PlainBottleneck, layers=(3, 4, 6, 3))
+    return _create_resnet('plain_resnet50', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-101, plain (every shortcut removed)."""
-    return _create('plain_resnet101', pretrained, **kwargs)
+    model_args = dict(block=PlainBottleneck, layers=(3, 4, 23, 3))
+    return _create_resnet('plain_resnet101', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-152, plain (every shortcut removed)."""
-    return _create('plain_resnet152', pretrained, **kwargs)
+    model_args = dict(block=PlainBottleneck, layers=(3, 8, 36, 3))
+    return _create_resnet('plain_resnet152', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-20, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet20', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(3, 3, 3))
+    return _create_cifar_resnet('pnnh_resnet20', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-32, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet32', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(5, 5, 5))
+    return _create_cifar_resnet('pnnh_resnet32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-44, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet44', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(7, 7, 7))
+    return _create_cifar_resnet('pnnh_resnet44', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-56, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet56', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(9, 9, 9))
+    return _create_cifar_resnet('pnnh_resnet56', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-110, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    return _create('pnnh_resnet110', pretrained, **kwargs)
+    model_args = dict(block=PnnhBasicBlock, layers=(18, 18, 18))
+    return _create_cifar_resnet('pnnh_resnet110', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-20, plain (every shortcut removed)."""
-    return _create('plain_resnet20', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(3, 3, 3))
+    return _create_cifar_resnet('plain_resnet20', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-32, plain (every shortcut removed)."""
-    return _create('plain_resnet32', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(5, 5, 5))
+    return _create_cifar_resnet('plain_resnet32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-44, plain (every shortcut removed)."""
-    return _create('plain_resnet44', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(7, 7, 7))
+    return _create_cifar_resnet('plain_resnet44', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-56, plain (every shortcut removed)."""
-    return _create('plain_resnet56', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(9, 9, 9))
+    return _create_cifar_resnet('plain_resnet56', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-110, plain (every shortcut removed)."""
-    return _create('plain_resnet110', pretrained, **kwargs)
+    model_args = dict(block=PlainBasicBlock, layers=(18, 18, 18))
+    return _create_cifar_resnet('plain_resnet110', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-20, residual baseline."""
-    return _create('cifar_resnet20', pretrained, **kwargs)
+    model_args = dict(block=ResidualBasicBlock, layers=(3, 3, 3))
+    return _create_cifar_resnet('cifar_resnet20', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-32, residual baseline."""
-    return _create('cifar_resnet32', pretrained, **kwargs)
+    model_args = dict(block=ResidualBasicBlock, layers=(5, 5, 5))
+    return _create_cifar_resnet('cifar_resnet32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-44, residual baseline."""
-    return _create('cifar_resnet44', pretrained, **kwargs)
+    model_args = dict(block=ResidualBasicBlock, layers=(7, 7, 7))
+    return _create_cifar_resnet('cifar_resnet44', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-56, residual baseline."""
-    return _create('cifar_resnet56', pretrained, **kwargs)
+    model_args = dict(block=ResidualBasicBlock, layers=(9, 9, 9))
+    return _create_cifar_resnet('cifar_resnet56', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
     """CIFAR-style ResNet-110, residual baseline."""
-    return _create('cifar_resnet110', pretrained, **kwargs)
+    model_args = dict(block=ResidualBasicBlock, layers=(18, 18, 18))
+    return _create_cifar_resnet('cifar_resnet110', pretrained, model_args, **kwargs)

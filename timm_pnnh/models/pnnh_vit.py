@@ -13,12 +13,16 @@ Families (the residual baselines are timm's own ``vit_*_patch16_224``):
   ``plain_vit_{tiny,small}_patch4_32`` and the residual ``cifar_vit_{tiny,small}_patch4_32``
   (timm's ``Block``; the ``cifar_`` prefix keeps clear of timm's names).
 
-``inference_mode=True`` builds any of them in the deployed form of ``timm_pnnh.reparam.reparameterize_model``.
+Each entrypoint at the bottom of this file names its block and size (``model_args``). The knob
+defaults are :data:`PNNH_VIT_KNOBS`, read by ``PnnhBlock``'s signature and by the entrypoints.
+
+Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls every ``PnnhBlock``'s
+``reparameterize()``; ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
 import math
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -28,13 +32,13 @@ from timm.layers import LayerScale, Mlp, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from timm_pnnh.models._converted import converted_cfgs, converted_model_args, residual_to_pnnh_vit
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
+from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
     CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import reparameterize_model
 
-__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES']
+__all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
+           'check_pnnh_vit_args', 'pnnh_vit_coders', 'residual_to_pnnh_vit']
 
 CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
@@ -48,20 +52,31 @@ PNNH_VIT_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False, arrangement='parallel',
     zero_init_last=True)
 
-# name -> (embed_dim, depth, num_heads), as timm's vit_tiny/small/base
-SIZES = {'tiny': (192, 12, 3), 'small': (384, 12, 6), 'base': (768, 12, 12)}
+# the registered sizes (as timm's vit_tiny/small/base; each entrypoint below writes its architecture)
+SIZES = ('tiny', 'small', 'base')
 SMALL_IMAGE_SIZES = ('tiny', 'small')
 
+# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
+_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
+    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
+    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
+    coder_act=lambda v: check_choice('coder_act', v, CODER_ACTS),
+    arrangement=lambda v: check_choice('arrangement', v, ARRANGEMENTS),
+    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
+    zero_init_last=lambda v: check_choice('zero_init_last', v, (False, True)),
+)
 
-def check_pnnh_vit_args(coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False,
-                        arrangement='parallel', zero_init_last=True) -> None:
-    """Validate the PNNH ViT knobs; raise ValueError naming the bad one, its value and what is allowed."""
-    check_ratio('coder_ratio', coder_ratio, 0.0, MAX_CODER_RATIO)
-    check_choice('coder_init', coder_init, CODER_INITS)
-    check_choice('coder_act', coder_act, CODER_ACTS)
-    check_choice('arrangement', arrangement, ARRANGEMENTS)
-    check_choice('coder_norm', coder_norm, (False, True))
-    check_choice('zero_init_last', zero_init_last, (False, True))
+
+def check_pnnh_vit_args(**knobs: Any) -> None:
+    """Validate the PNNH ViT knobs given (names from ``PNNH_VIT_KNOBS``); raise ValueError naming the bad
+    one, its value and what is allowed."""
+    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    if unknown:
+        raise TypeError(f'check_pnnh_vit_args: unknown knob {", ".join(unknown)}; '
+                        f'the knobs are {", ".join(PNNH_VIT_KNOBS)}')
+    for name, check in _KNOB_CHECKS.items():
+        if name in knobs:
+            check(knobs[name])
 
 
 class LinearCoder(nn.Module):
@@ -211,7 +226,8 @@ class PnnhBlock(Block):
             dtype=None,
             **kwargs,
     ) -> None:
-        check_pnnh_vit_args(coder_ratio, coder_init, coder_act, coder_norm, arrangement, zero_init_last)
+        check_pnnh_vit_args(coder_ratio=coder_ratio, coder_init=coder_init, coder_act=coder_act, coder_norm=coder_norm,
+                            arrangement=arrangement, zero_init_last=zero_init_last)
         super().__init__(dim, num_heads, act_layer=act_layer, device=device, dtype=dtype, **kwargs)
         coder_act_layer = act_layer if coder_act == 'mlp' else get_act_layer(coder_act)
         coder_dim = coder_width(dim, coder_ratio, 'coder_ratio')
@@ -366,30 +382,71 @@ class _PnnhBlockFn:
         return PnnhBlock(*args, **kwargs, **self.knobs)
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """Build the registered model ``variant`` ('{pnnh,plain,cifar}_vit_{size}_patch{16_224,4_32}'); bad arguments
-    raise ValueError."""
-    prefix, size = variant.split('_vit_')
-    family, size, small = {'cifar': 'residual'}.get(prefix, prefix), size.split('_')[0], variant.endswith('patch4_32')
-    embed_dim, depth, num_heads = SIZES[size]
-    kwargs = {**(dict(patch_size=4, img_size=32) if small else dict(patch_size=16)), 'embed_dim': embed_dim,
-              'depth': depth, 'num_heads': num_heads, **kwargs}
-    model_args = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
-    check_model_kwargs(variant, kwargs, model_args | set(PNNH_VIT_KNOBS) if family == 'pnnh' else model_args)
-    if family == 'pnnh':
+def _is_identity_act(act: nn.Module) -> bool:
+    """``act(u) - act(-u) == u``: the signed Dirac coder then passes tokens through exactly."""
+    u = torch.linspace(-8, 8, 257, dtype=torch.float64)
+    return torch.allclose(act(u) - act(-u), u, rtol=0, atol=1e-12)
+
+
+def pnnh_vit_coders(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``{'blocks.i.coder.weight': [I; -I], 'blocks.i.coder2.weight': [I; -I]}`` for a PNNH ViT ``model``:
+    the coder weights that make it compute timm's residual ViT with the same other weights (``_converted``).
+
+    Raises ConversionError unless every block is sequential, with a 2C-wide coder, no coder norm and a
+    coder activation with ``act(u) - act(-u) = u``.
+    """
+    coders, problems = {}, []
+    for name, block in model.named_modules():
+        if not isinstance(block, PnnhBlock):
+            continue
+        if block.inference_mode:  # folded: its weights are the deployed form, nothing to convert
+            continue
+        if block.coder2 is None:
+            problems.append(f'{name} is not sequential (arrangement=\'sequential\' needed)')
+            continue
+        for coder_name in ('coder', 'coder2'):
+            coder = getattr(block, coder_name)
+            coder_dim, dim = coder.weight.shape
+            if coder_dim != 2 * dim:
+                problems.append(f'{name}.{coder_name} has {coder_dim} rows for {dim} channels (coder_ratio=2.0 needed)')
+                continue
+            if not _is_identity_act(coder.act):
+                problems.append(f'{name}.{coder_name} uses {type(coder.act).__name__}: act(u) - act(-u) != u')
+            eye = torch.eye(dim)
+            coders[f'{name}.{coder_name}.weight'] = torch.cat([eye, -eye], 0)
+        if block.coder_norm:
+            problems.append(f'{name} reads normed tokens (coder_norm=False needed)')
+    if problems:
+        raise ConversionError('; '.join(problems[:4]) + (f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''))
+    return coders
+
+
+def residual_to_pnnh_vit(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: a timm ``vit_*`` state dict (after timm's ViT ``checkpoint_filter_fn``)
+    -> the PNNH ``model``'s (exact)."""
+    return convert_state_dict(checkpoint_filter_fn(state_dict, model), model, pnnh_vit_coders, 'head')
+
+
+def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> VisionTransformer:
+    """Build ``variant``: timm's ``VisionTransformer`` with its entrypoint's ``model_args`` (``block_fn``, the
+    size; ``kwargs`` may change the size) and the caller's ``kwargs`` (with ``PnnhBlock`` also its knobs).
+    Bad arguments raise ValueError (an unknown one also TypeError)."""
+    block_fn = model_args['block_fn']
+    pnnh = block_fn is PnnhBlock
+    kwargs = dict({k: v for k, v in model_args.items() if k != 'block_fn'}, **kwargs)
+    allowed = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
+    check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed)
+    if pnnh:
         kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
         coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
         block_fn = _PnnhBlockFn(**knobs)
-    else:
-        block_fn = PlainBlock if family == 'plain' else Block
     out_indices = kwargs.pop('out_indices', 3)
-    model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False),
-                           lambda m: reparameterize_model(m, inplace=True))
+    model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False))
     return build_model_with_hub(
         model_cls, variant, pretrained, block_fn=block_fn,
-        pretrained_filter_fn=residual_to_pnnh_vit if family == 'pnnh' else checkpoint_filter_fn,
+        pretrained_filter_fn=residual_to_pnnh_vit if pnnh else checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
 
@@ -417,70 +474,82 @@ default_cfgs = generate_default_cfgs(hub_cfgs({
 @register_model
 def pnnh_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Tiny, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
-    return _create('pnnh_vit_tiny_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('pnnh_vit_tiny_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Small, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
-    return _create('pnnh_vit_small_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('pnnh_vit_small_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Base, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
-    return _create('pnnh_vit_base_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_vit('pnnh_vit_base_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Tiny, patch 16, plain (residual adds removed)."""
-    return _create('plain_vit_tiny_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PlainBlock, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('plain_vit_tiny_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Small, patch 16, plain (residual adds removed)."""
-    return _create('plain_vit_small_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PlainBlock, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('plain_vit_small_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Base, patch 16, plain (residual adds removed)."""
-    return _create('plain_vit_base_patch16_224', pretrained, **kwargs)
+    model_args = dict(block_fn=PlainBlock, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_vit('plain_vit_base_patch16_224', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Tiny, patch 4, 32x32 input, PNNH (linear coder + attention/MLP learner, no residual add)."""
-    return _create('pnnh_vit_tiny_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=PnnhBlock, img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('pnnh_vit_tiny_patch4_32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def pnnh_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Small, patch 4, 32x32 input, PNNH (linear coder + attention/MLP learner, no residual add)."""
-    return _create('pnnh_vit_small_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=PnnhBlock, img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('pnnh_vit_small_patch4_32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Tiny, patch 4, 32x32 input, plain (residual adds removed)."""
-    return _create('plain_vit_tiny_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=PlainBlock, img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('plain_vit_tiny_patch4_32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def plain_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Small, patch 4, 32x32 input, plain (residual adds removed)."""
-    return _create('plain_vit_small_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=PlainBlock, img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('plain_vit_small_patch4_32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Tiny, patch 4, 32x32 input, residual baseline (timm Block)."""
-    return _create('cifar_vit_tiny_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=Block, img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit('cifar_vit_tiny_patch4_32', pretrained, model_args, **kwargs)
 
 
 @register_model
 def cifar_vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Small, patch 4, 32x32 input, residual baseline (timm Block)."""
-    return _create('cifar_vit_small_patch4_32', pretrained, **kwargs)
+    model_args = dict(block_fn=Block, img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit('cifar_vit_small_patch4_32', pretrained, model_args, **kwargs)
