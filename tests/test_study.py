@@ -35,7 +35,6 @@ def test_presets_sweep_the_three_families_at_the_paper_depths():
     assert all(timm.is_model(r.model) for r in quick)
     full = study.preset_rows(study.PRESETS['full'])
     assert {r.depth for r in full if r.arch == 'resnet'} == {20, 56, 110}
-    assert study.PRESETS['full'].seeds == study.PRESETS['quick'].seeds
 
 
 def test_vit_rows_are_in_the_presets_with_vits():
