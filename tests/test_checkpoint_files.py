@@ -132,7 +132,7 @@ def test_run_names_the_scripts_option_and_does_not_start_the_script(tmp_path):
     (tmp_path / 'empty.pth.tar').write_bytes(b'')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run([sys.executable, '-m', 'timm_pnnh.run', str(script), '--resume', 'empty.pth.tar'],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ''
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("python -m timm_pnnh.run: error: --resume='empty.pth.tar' is empty "

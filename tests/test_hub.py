@@ -347,7 +347,7 @@ print(json.dumps(out))
 
 def _load_in_subprocess(mode, reference, env):
     result = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, mode, str(reference)], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
