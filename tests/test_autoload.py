@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every case starts fresh interpreters
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ("import sys; print(sorted(m for m in ('torch', 'timm', 'timm_pnnh') if m in sys.modules), "
          "'pnnh_resnet34' in sys.modules['timm'].list_models() if 'timm' in sys.modules else None)")

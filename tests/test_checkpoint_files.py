@@ -127,6 +127,7 @@ def test_run_finds_the_checkpoint_options_of_timms_scripts():
                                           ('--pretrained-path', 'c.safetensors')]
 
 
+@pytest.mark.slow
 def test_run_names_the_scripts_option_and_does_not_start_the_script(tmp_path):
     script = _stand_in_script(tmp_path)
     (tmp_path / 'empty.pth.tar').write_bytes(b'')

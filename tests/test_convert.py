@@ -78,7 +78,8 @@ def test_the_tag_implies_the_knobs_only_when_named_or_loaded():
 
 # ---------------------------------------------------------------- exact loads from a file
 
-@pytest.mark.parametrize('arch,size', [('resnet18', 64), ('resnet50', 64), ('vit_tiny_patch16_224', 224)])
+@pytest.mark.parametrize('arch,size', [('resnet18', 64), pytest.param('resnet50', 64, marks=pytest.mark.slow),
+                                       pytest.param('vit_tiny_patch16_224', 224, marks=pytest.mark.slow)])
 def test_residual_weights_load_exactly_and_reparameterize(arch, size, tmp_path):
     residual = residual_net(arch)
     save_file(residual.state_dict(), str(tmp_path / 'model.safetensors'))
@@ -158,6 +159,7 @@ def _run(reference, env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_pretrained_true_downloads_timms_repository_converts_and_reloads_offline(tmp_path, local_hub):
     resnet, vit = residual_net('resnet18'), residual_net('vit_tiny_patch16_224')
     x_resnet, x_vit = images(64), images(224, batch=1)
@@ -221,6 +223,7 @@ def test_convert_a_users_checkpoint_into_a_loadable_pnnh_folder(tmp_path, capsys
             assert relative_error(model.eval()(x), expected) <= MAX_ERROR
 
 
+@pytest.mark.slow
 def test_convert_bottleneck_safetensors_needs_the_tag(tmp_path):
     residual = residual_net('resnet50', num_classes=7)
     save_file(residual.state_dict(), str(tmp_path / 'mine.safetensors'))
@@ -248,6 +251,7 @@ def test_convert_refuses_and_writes_nothing(tmp_path, args, message, usage_error
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
 
 
+@pytest.mark.slow
 def test_a_converted_imagenet_checkpoint_is_accepted_by_publish(tmp_path):
     residual = _train_checkpoint(tmp_path / 'last.pth.tar')  # resnet18, 1000 classes
     assert cli_main(['convert', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--output', str(tmp_path / 'pnnh')]) == 0

@@ -352,6 +352,7 @@ def _load_in_subprocess(mode, reference, env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_hub_download_then_offline_cache_load(source, tmp_path, local_hub):
     corrupt = tmp_path / 'corrupt'
     corrupt.mkdir()

@@ -42,7 +42,7 @@ def echo_script(tmp_path):
     """)
 
 
-@pytest.mark.parametrize('entry', [['-m', 'timm_pnnh', 'run'], ['-m', 'timm_pnnh.run']])
+@pytest.mark.parametrize('entry', [pytest.param(['-m', 'timm_pnnh', 'run'], marks=pytest.mark.slow), ['-m', 'timm_pnnh.run']])
 def test_arguments_output_and_exit_code_pass_through(entry, echo_script, tmp_path):
     proc = subprocess.run([sys.executable, *entry, echo_script, '3', '--model', 'x', '-h'],
                           capture_output=True, text=True, env=_env(), cwd=tmp_path)
@@ -95,6 +95,7 @@ def test_timm_scripts_are_accepted(tmp_path, text):
     assert check_script(script) == os.path.abspath(script)
 
 
+@pytest.mark.slow
 def test_non_timm_script_exits_before_running(tmp_path):
     marker = tmp_path / 'ran'
     script = _write(tmp_path / 'script.py', f'open({str(marker)!r}, "w").close()\n')
@@ -105,6 +106,7 @@ def test_non_timm_script_exits_before_running(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_target(tmp_path):
     """``torchrun -m timm_pnnh.run SCRIPT``: each rank runs the script, joins the group timm's way."""
     script = _write(tmp_path / 'dist.py', """

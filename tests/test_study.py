@@ -222,6 +222,7 @@ TINY_CONVERGED = ['--preset', 'converged-cpu', '--depths', '20', '--seeds', '0',
                   '--train-size', '64', '--test-size', '32', '--diag-batch', '8', '--speed-repeats', '1']
 
 
+@pytest.mark.slow
 def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     """The converged preset's code path on fake data: accuracy per epoch, the side-by-side speed figures,
     the fronts' plots and table, and a rerun that reuses both the runs and the speed report."""

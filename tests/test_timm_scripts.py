@@ -25,10 +25,10 @@ from timm.utils.model import reparameterize_model
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_ENV = 'TIMM_SCRIPTS_DIR'
 SCRIPTS = os.environ.get(SCRIPTS_ENV, '')
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not SCRIPTS, reason=f"{SCRIPTS_ENV} is not set: timm's train.py/validate.py/benchmark.py are not in the "
                         f"timm wheel; set {SCRIPTS_ENV} to a checkout of timm's repository at the installed "
-                        f"version's tag (v{timm.__version__})")
+                        f"version's tag (v{timm.__version__})")]
 CONFIGS = sorted((ROOT / 'train_configs').glob('*.yaml'))
 VIT = 'pnnh_vit_tiny_patch4_32'
 MODELS = [
