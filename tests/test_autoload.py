@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every case starts fresh interpreters
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ("import sys; print(sorted(m for m in ('torch', 'timm', 'timm_pnnh') if m in sys.modules), "
          "'pnnh_resnet34' in sys.modules['timm'].list_models() if 'timm' in sys.modules else None)")
@@ -16,7 +17,7 @@ STATE = ("import sys; print(sorted(m for m in ('torch', 'timm', 'timm_pnnh') if 
 def _python(code: str, **env) -> str:
     environment = {k: v for k, v in os.environ.items() if k != 'TIMM_PNNH_AUTOLOAD'}
     environment.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1', **env)
-    result = subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True, timeout=300,
+    result = subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True,
                             cwd='/')
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -41,7 +42,7 @@ def test_a_broken_plugin_does_not_break_timm(tmp_path):
     code = 'import timm_pnnh_autoload; import timm; print(timm.__version__ != "")'
     environment = {k: v for k, v in os.environ.items() if k != 'TIMM_PNNH_AUTOLOAD'}
     environment.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]), OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True, timeout=300,
+    result = subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True,
                             cwd=tmp_path)  # not the checkout: '' on sys.path would find the real package
     assert result.returncode == 0 and result.stdout.strip() == 'True', result.stderr
     assert 'timm-pnnh: the models were not registered with timm (ImportError: broken install)' in result.stderr
@@ -52,7 +53,7 @@ def _installed_origin() -> str:
     environment = {k: v for k, v in os.environ.items() if k not in ('TIMM_PNNH_AUTOLOAD', 'PYTHONPATH')}
     code = 'import importlib.util as u; s = u.find_spec("timm_pnnh"); print(s.origin if s else "")'
     return subprocess.run([sys.executable, '-c', code], env=environment, capture_output=True, text=True,
-                          timeout=60, cwd='/').stdout.strip()
+                          cwd='/').stdout.strip()
 
 
 def test_installed_package_registers_without_an_import():
@@ -62,5 +63,5 @@ def test_installed_package_registers_without_an_import():
     assert (Path(sysconfig.get_paths()['purelib']) / 'timm_pnnh_autoload.pth').is_file()
     environment = {k: v for k, v in os.environ.items() if k not in ('TIMM_PNNH_AUTOLOAD', 'PYTHONPATH')}
     result = subprocess.run([sys.executable, '-c', 'import timm; print("pnnh_resnet34" in timm.list_models())'],
-                            env=environment, capture_output=True, text=True, timeout=300, cwd='/')
+                            env=environment, capture_output=True, text=True, cwd='/')
     assert result.stdout.strip() == 'True', result.stderr

@@ -101,6 +101,7 @@ def test_constant_network_keeps_nothing():
         assert abs(r['r2']) < 0.02 and r['cka'] == 0.0 and r['alive'] == 0.0
 
 
+@pytest.mark.slow
 def test_plain_net_loses_the_input_faster_than_residual_and_pnnh_at_init():
     images = torch.randn(2, 48, 1, 16, 16, generator=_gen())
     last = {}

@@ -120,6 +120,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', MODELS)
 def test_ddp_step_matches_single_process(name, tmp_path):
     mp.spawn(_worker, args=(name, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)

@@ -81,8 +81,7 @@ def test_python_snippet_runs(block, tmp_path, local_hub, hub_repos):
     local_hub.serve(hub_repos)
     work = tmp_path / 'work'
     work.mkdir()
-    result = subprocess.run([sys.executable, '-c', code], cwd=work, env=local_hub.env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, '-c', code], cwd=work, env=local_hub.env, capture_output=True, text=True)
     assert result.returncode == 0, f'{page}:{line} failed:\n{result.stderr[-3000:]}'
     assert 'False' not in result.stdout, f'{page}:{line} printed {result.stdout!r}'
 

@@ -58,7 +58,8 @@ CASES = [
      r"--checkpoint='.*resnet20.pth' is a checkpoint of another architecture .* 2 shape mismatches"
      r' \[.fc.weight \(10, 64\) vs \(5, 64\)'),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{damaged}'],
-     r"--checkpoint='.*damaged.pth' is not a readable PyTorch checkpoint \(\w+: .*\)"),
+     r"--checkpoint='.*damaged.pth' is truncated \(2,000 bytes; the end of its zip archive.* is missing\): give a "
+     r'checkpoint written by torch.save'),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{pickled}'],
      r"--checkpoint='.*pickled.pth' holds Python objects other than tensors.*give --unsafe-pickle"),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--model', 'pnnh_resnet20', '--checkpoint', '{resnet20}'],
@@ -131,7 +132,7 @@ def test_weights_load_exactly_and_safetensors_files_are_read_without_pickle(file
     save_file(expected, tmp_path / 'w.safetensors')
     assert read_checkpoint('--checkpoint', str(tmp_path / 'w.safetensors')).keys() == expected.keys()
     (tmp_path / 'bad.safetensors').write_bytes(b'not safetensors')
-    with pytest.raises(UsageError, match=r"--checkpoint='.*bad.safetensors' is not a readable safetensors file"):
+    with pytest.raises(UsageError, match=r"--checkpoint='.*bad.safetensors' is not a safetensors file"):
         read_checkpoint('--checkpoint', str(tmp_path / 'bad.safetensors'))
 
 

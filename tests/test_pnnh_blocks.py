@@ -113,7 +113,8 @@ def test_coder_lr_scale_scales_the_sgd_step_of_the_coder_only(lr_scale):
 
 
 @pytest.mark.parametrize('knobs', KNOB_VARIANTS, ids=lambda k: ','.join(f'{a}={b}' for a, b in k.items()) or 'default')
-@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet56', 'pnnh_resnet34', 'pnnh_resnet50'])
+@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet56', pytest.param('pnnh_resnet34', marks=pytest.mark.slow),
+                                  pytest.param('pnnh_resnet50', marks=pytest.mark.slow)])
 def test_parameter_count_matches_the_docstring_closed_form(name, knobs):
     model = timm.create_model(name, **knobs)
     defaults = dict(coder_ratio=0.25 if name == 'pnnh_resnet50' else 1.0, learner_ratio=1.0, coder_kernel=1, coder_norm=False)

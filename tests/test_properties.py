@@ -135,7 +135,8 @@ def check_properties(name, kwargs, knobs, size, check):
     assert all(torch.isfinite(p.grad).all() for p in again.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize('name, kwargs, sizes', RESNETS, ids=[r[0] for r in RESNETS])
+@pytest.mark.parametrize('name, kwargs, sizes', [
+    pytest.param(*r, id=r[0], marks=[pytest.mark.slow] if r[0] != 'pnnh_resnet20' else []) for r in RESNETS])
 def test_pnnh_resnet_knob_properties(name, kwargs, sizes):
     @settings(max_examples=8, **PROPERTY_SETTINGS)
     @given(knobs=resnet_knobs(), size=st.sampled_from(sizes))

@@ -16,6 +16,7 @@ from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, fold_batchnorms
 
 PNNH_RESNETS = registered_models('pnnh_resnet*')
+SLOW_DEPTHS = ('pnnh_resnet50', 'pnnh_resnet101', 'pnnh_resnet152')  # full-size ImageNet bottleneck nets: slow tier
 VARIANTS = [
     dict(coder_kernel=3),
     dict(coder_norm=True),
@@ -57,7 +58,7 @@ def assert_no_pnnh_blocks_left(model: nn.Module) -> None:
             assert m.plain is not None and not hasattr(m, 'coder')
 
 
-@pytest.mark.parametrize('name', PNNH_RESNETS)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_DEPTHS else n for n in PNNH_RESNETS])
 def test_reparameterized_logits_match(name):
     assert len(PNNH_RESNETS) == 10
     ref, fused, _, _ = logits_pair(name)
@@ -66,7 +67,7 @@ def test_reparameterized_logits_match(name):
 
 
 @pytest.mark.parametrize('kwargs', VARIANTS, ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()))
-@pytest.mark.parametrize('name', ['pnnh_resnet20', 'pnnh_resnet50'])
+@pytest.mark.parametrize('name', ['pnnh_resnet20', pytest.param('pnnh_resnet50', marks=pytest.mark.slow)])
 def test_reparameterized_variants_match(name, kwargs):
     ref, fused, _, _ = logits_pair(name, size=32, **kwargs)
     assert ref.std() > 1e-2
@@ -186,6 +187,7 @@ def test_reparameterize_rejects_a_norm_without_running_stats():
         block.reparameterize()
 
 
+@pytest.mark.slow
 def test_onnx_export_of_reparameterized_model_runs_in_onnxruntime():
     ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
     pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
@@ -250,7 +252,7 @@ def test_inference_mode_rejects_a_non_bool():
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(coder_kernel=3, coder_norm=True)], ids=['default', 'coder_kernel=3'])
 @pytest.mark.parametrize('output_stride', [8, 16])
-@pytest.mark.parametrize('name', ['pnnh_resnet18', 'pnnh_resnet50'])
+@pytest.mark.parametrize('name', ['pnnh_resnet18', pytest.param('pnnh_resnet50', marks=pytest.mark.slow)])
 def test_dilated_blocks_fold_exactly(name, output_stride, kwargs):
     """``output_stride`` < 32 dilates the last stages' convolutions (coder included); the folded plain
     convs keep each dilation and padding, so the deployed net is the same function."""

@@ -16,6 +16,12 @@ IMAGENET_NAMES = [f'{p}_resnet{d}' for p in ('pnnh', 'plain') for d in IMAGENET_
 CONFORMANCE_NAMES = CIFAR_NAMES[:2] + ['pnnh_resnet56', 'plain_resnet56', 'cifar_resnet56'] + [
     'pnnh_resnet18', 'pnnh_resnet50', 'plain_resnet18', 'plain_resnet50']
 ALL_NAMES = CIFAR_NAMES + IMAGENET_NAMES
+FAST_NAMES = CIFAR_NAMES[:2]  # the fast tier (pytest -m "not slow"); the deeper and the ImageNet nets are slow
+
+
+def tiered(names):
+    """``names`` as parameters, every one but ``FAST_NAMES`` marked slow."""
+    return [n if n in FAST_NAMES else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 def _input(name, batch=2, chans=3):
@@ -44,7 +50,7 @@ def test_registration_lists_every_family():
         assert cfg is not None and cfg.input_size == ((3, 32, 32) if name in CIFAR_NAMES else (3, 224, 224))
 
 
-@pytest.mark.parametrize('name', ALL_NAMES)
+@pytest.mark.parametrize('name', [n if n in CIFAR_NAMES else pytest.param(n, marks=pytest.mark.slow) for n in ALL_NAMES])
 def test_create_with_timm_arguments_forward_backward(name):
     model = timm.create_model(name, num_classes=5, in_chans=1, global_pool='max', drop_rate=0.1, drop_path_rate=0.1)
     out = model(_input(name, chans=1))
@@ -55,7 +61,7 @@ def test_create_with_timm_arguments_forward_backward(name):
     assert model.global_pool.pool_type == 'max' and model.drop_rate == 0.1
 
 
-@pytest.mark.parametrize('name', CONFORMANCE_NAMES)
+@pytest.mark.parametrize('name', tiered(CONFORMANCE_NAMES))
 def test_features_only_and_forward_intermediates(name):
     x = _input(name)
     torch.manual_seed(0)
@@ -77,7 +83,7 @@ def test_features_only_and_forward_intermediates(name):
     torch.testing.assert_close(model.forward_intermediates(x, indices=1, intermediates_only=True)[0], intermediates[-1])
 
 
-@pytest.mark.parametrize('name', CONFORMANCE_NAMES)
+@pytest.mark.parametrize('name', tiered(CONFORMANCE_NAMES))
 def test_reset_classifier_and_group_matcher(name):
     model = timm.create_model(name, num_classes=7).eval()
     x = _input(name)
@@ -92,7 +98,7 @@ def test_reset_classifier_and_group_matcher(name):
     assert set(grouped) == {n for n, _ in model.named_parameters()}
 
 
-@pytest.mark.parametrize('name', CONFORMANCE_NAMES)
+@pytest.mark.parametrize('name', tiered(CONFORMANCE_NAMES))
 def test_grad_checkpointing_gives_the_same_result(name):
     torch.manual_seed(0)
     model = _randomize_norms(timm.create_model(name, num_classes=4))
@@ -125,7 +131,7 @@ def test_bf16_check_fails_on_a_path_ten_percent_off():
     assert not bf16_close(off.bfloat16(), ref)
 
 
-@pytest.mark.parametrize('name', CONFORMANCE_NAMES)
+@pytest.mark.parametrize('name', tiered(CONFORMANCE_NAMES))
 def test_torchscript_fx_channels_last_bf16(name):
     model = _randomize_norms(timm.create_model(name, num_classes=4)).eval()
     x = _input(name)
@@ -148,6 +154,7 @@ def test_torchscript_fx_channels_last_bf16(name):
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     model = _randomize_norms(timm.create_model('pnnh_resnet20', num_classes=4)).eval()
     x = _input('pnnh_resnet20')

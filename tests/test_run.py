@@ -42,10 +42,10 @@ def echo_script(tmp_path):
     """)
 
 
-@pytest.mark.parametrize('entry', [['-m', 'timm_pnnh', 'run'], ['-m', 'timm_pnnh.run']])
+@pytest.mark.parametrize('entry', [pytest.param(['-m', 'timm_pnnh', 'run'], marks=pytest.mark.slow), ['-m', 'timm_pnnh.run']])
 def test_arguments_output_and_exit_code_pass_through(entry, echo_script, tmp_path):
     proc = subprocess.run([sys.executable, *entry, echo_script, '3', '--model', 'x', '-h'],
-                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines == ['name __main__', f"argv {[echo_script, '3', '--model', 'x', '-h']}", 'registered True',
@@ -95,16 +95,18 @@ def test_timm_scripts_are_accepted(tmp_path, text):
     assert check_script(script) == os.path.abspath(script)
 
 
+@pytest.mark.slow
 def test_non_timm_script_exits_before_running(tmp_path):
     marker = tmp_path / 'ran'
     script = _write(tmp_path / 'script.py', f'open({str(marker)!r}, "w").close()\n')
     proc = subprocess.run([sys.executable, '-m', 'timm_pnnh.run', script], capture_output=True, text=True,
-                          env=_env(), timeout=120)
+                          env=_env())
     assert proc.returncode == 2
     assert 'is not a timm script' in proc.stderr
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_target(tmp_path):
     """``torchrun -m timm_pnnh.run SCRIPT``: each rank runs the script, joins the group timm's way."""
     script = _write(tmp_path / 'dist.py', """
@@ -124,7 +126,7 @@ def test_torchrun_target(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
          '-m', 'timm_pnnh.run', script, '--x', '1'],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
+        capture_output=True, text=True, env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in (0, 1):
         assert (tmp_path / f'rank{r}.txt').read_text() == f"rank {r} of 2 sum 3 registered True args ['--x', '1']"

@@ -35,7 +35,6 @@ def test_presets_sweep_the_three_families_at_the_paper_depths():
     assert all(timm.is_model(r.model) for r in quick)
     full = study.preset_rows(study.PRESETS['full'])
     assert {r.depth for r in full if r.arch == 'resnet'} == {20, 56, 110}
-    assert study.PRESETS['full'].seeds == study.PRESETS['quick'].seeds
 
 
 def test_vit_rows_are_in_the_presets_with_vits():
@@ -223,6 +222,7 @@ TINY_CONVERGED = ['--preset', 'converged-cpu', '--depths', '20', '--seeds', '0',
                   '--train-size', '64', '--test-size', '32', '--diag-batch', '8', '--speed-repeats', '1']
 
 
+@pytest.mark.slow
 def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     """The converged preset's code path on fake data: accuracy per epoch, the side-by-side speed figures,
     the fronts' plots and table, and a rerun that reuses both the runs and the speed report."""
@@ -288,32 +288,100 @@ def test_a_diverging_run_is_recorded_not_fatal(fake_fashion_mnist, tmp_path):
     assert '(1 diverged)' in study.study_table(summary)
 
 
-def test_interrupted_study_leaves_only_complete_records(fake_fashion_mnist, tmp_path):
-    """A real Ctrl-C (SIGINT) in the middle of a sweep: every file in runs/ is a complete record."""
+# Runs the study CLI in a child process that interrupts itself at a known point: a real SIGINT (what Ctrl-C
+# sends) to its own main thread, during run N's training (after its second SGD step) or half-way through writing
+# run N's record. No timing: the same point on any machine, however fast or loaded.
+INTERRUPTING_STUDY = r"""
+import json, signal, sys
+from pathlib import Path
+from timm_pnnh import data, files
+from timm_pnnh.cli import main
+from timm_pnnh.study import runs
+
+data.DEBIAN_DIR = Path(sys.argv[1])
+point, n = sys.argv[2], int(sys.argv[3])
+calls = dict(train=0, write=0)
+real_train, real_write = runs.training.train_and_evaluate, runs.write_json
+
+
+# as in an interactive shell (a runner may start the tests, and so this process, with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ctrl_c():
+    signal.raise_signal(signal.SIGINT)  # to this (the main) thread; delivered before raise_signal returns
+    for _ in range(10 ** 6):  # Python raises the KeyboardInterrupt at this loop's first jump at the latest
+        pass
+    raise RuntimeError('SIGINT was not delivered')
+
+
+def train(*args, progress=None, **kwargs):
+    calls['train'] += 1
+    if point == 'training' and calls['train'] == n:
+        def interrupting(step, loss):
+            progress(step, loss)
+            if step == 1:
+                ctrl_c()
+        return real_train(*args, progress=interrupting, **kwargs)
+    return real_train(*args, progress=progress, **kwargs)
+
+
+def write_json(path, obj):
+    calls['write'] += 1
+    if point == 'writing' and calls['write'] == n:
+        text = json.dumps(obj, indent=1)
+        def half(f):
+            f.write(text[:len(text) // 2])
+            f.flush()
+            ctrl_c()
+        files.atomic_write(path, half)
+    real_write(path, obj)
+
+
+runs.training.train_and_evaluate, runs.write_json = train, write_json
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('point', ['training', 'writing'])
+def test_interrupted_study_leaves_only_complete_records_and_resumes(point, fake_fashion_mnist, tmp_path):
+    """A real Ctrl-C (SIGINT) in the middle of the second of three runs: the process fails, runs/ holds the
+    first run's complete record and nothing else (no half-written or temporary file), and a rerun reuses
+    that record and runs the other two."""
     import os
     import signal
     import subprocess
     import sys
-    import time
     out = tmp_path / 'out'
     debian = fake_fashion_mnist.parent / 'debian'
-    code = (f'import sys; from timm_pnnh import data; data.DEBIAN_DIR = __import__("pathlib").Path({str(debian)!r}); '
-            f'from timm_pnnh.cli import main; sys.exit(main(sys.argv[1:]))')
-    argv = ['study', '--out', str(out), '--depths', '20', '--seeds', '0', '1', '2', '--steps', '40', '--batch-size', '16',
+    argv = ['study', '--out', str(out), '--depths', '20', '--seeds', '0', '--steps', '3', '--batch-size', '16',
             '--train-size', '64', '--test-size', '32', '--diag-batch', '8', '--speed-repeats', '0']
-    proc = subprocess.Popen([sys.executable, '-c', code, *argv], env=dict(os.environ, OMP_NUM_THREADS='1'),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((out / 'runs').glob('*.json')):
-        time.sleep(0.2)
-    assert list((out / 'runs').glob('*.json')), 'no record was written in time'
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    files = list((out / 'runs').iterdir())
-    assert files and all(p.suffix == '.json' and study.read_record(p) is not None for p in files)
-    assert len(files) < 9
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+
+    def study_process(point, n):
+        return subprocess.run([sys.executable, '-c', INTERRUPTING_STUDY, str(debian), point, str(n), *argv],
+                              env=env, capture_output=True, text=True)
+
+    interrupted = study_process(point, 2)
+    assert interrupted.returncode in (-signal.SIGINT, 128 + signal.SIGINT), interrupted.stderr[-2000:]
+    assert 'KeyboardInterrupt' in interrupted.stderr and 'SIGINT was not delivered' not in interrupted.stderr
+    assert '[2/3] residual-20 seed 0' in interrupted.stdout and '[3/3]' not in interrupted.stdout
+    files = sorted(p.name for p in (out / 'runs').iterdir())
+    assert files == ['plain-20-seed0.json'], files  # no record of run 2, whole or half, and no temporary file
+    first = study.read_record(out / 'runs' / files[0])
+    assert first is not None and first['label'] == 'plain-20'
+    first_bytes = (out / 'runs' / files[0]).read_bytes()
+
+    resumed = study_process('none', 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count('finished earlier, reused') == 1 and '[1/3] plain-20 seed 0: finished earlier' in resumed.stdout
+    assert '[2/3] residual-20 seed 0 (cifar_resnet20)' in resumed.stdout and '[3/3] pnnh-20 seed 0' in resumed.stdout
+    assert sorted(p.name for p in (out / 'runs').iterdir()) == ['plain-20-seed0.json', 'pnnh-20-seed0.json',
+                                                                'residual-20-seed0.json']
+    assert (out / 'runs' / 'plain-20-seed0.json').read_bytes() == first_bytes
+    assert [r['label'] for r in json.loads((out / 'study.json').read_text())['runs']] == ['plain-20', 'residual-20',
+                                                                                         'pnnh-20']
 
 
 def test_unwritable_output_folder_is_refused_before_training(fake_fashion_mnist, tmp_path, usage_error):

@@ -25,10 +25,10 @@ from timm.utils.model import reparameterize_model
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_ENV = 'TIMM_SCRIPTS_DIR'
 SCRIPTS = os.environ.get(SCRIPTS_ENV, '')
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not SCRIPTS, reason=f"{SCRIPTS_ENV} is not set: timm's train.py/validate.py/benchmark.py are not in the "
                         f"timm wheel; set {SCRIPTS_ENV} to a checkout of timm's repository at the installed "
-                        f"version's tag (v{timm.__version__})")
+                        f"version's tag (v{timm.__version__})")]
 CONFIGS = sorted((ROOT / 'train_configs').glob('*.yaml'))
 VIT = 'pnnh_vit_tiny_patch4_32'
 MODELS = [
@@ -44,10 +44,10 @@ def script(name: str) -> str:
     return path
 
 
-def run(args, cwd, timeout=600):
+def run(args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope='module')

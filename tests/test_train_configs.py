@@ -55,7 +55,8 @@ def _pnnh_vit_registered() -> bool:
     return bool(timm.list_models('pnnh_vit*'))
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize('path', [pytest.param(p, marks=pytest.mark.slow) if 'imagenet' in p.stem else p for p in CONFIGS],
+                         ids=lambda p: p.stem)
 def test_config_models_are_registered_and_run(path):
     cfg, models = load(path)
     missing = [name for name in models if not timm.is_model(name)]

@@ -333,6 +333,7 @@ def _train_losses(name, steps=30):
     return sum(losses[:4]) / 4, sum(losses[-4:]) / 4
 
 
+@pytest.mark.slow
 def test_depth12_pnnh_vit_trains_where_plain_vit_does_not():
     pnnh_start, pnnh_end = _train_losses('pnnh_vit_tiny_patch4_32')
     plain_start, plain_end = _train_losses('plain_vit_tiny_patch4_32')

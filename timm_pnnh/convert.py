@@ -17,7 +17,6 @@ PNNH model that cannot carry it exactly, and outputs that differ.
 """
 import argparse
 import copy
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import Dict, Optional, Tuple
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.models import split_model_name_tag
 from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 from timm.utils.model import reparameterize_model
 
+from timm_pnnh.errors import UsageError, read_checkpoint
 from timm_pnnh.files import replace_folder
 from timm_pnnh.models._converted import CONVERSIONS, ConversionError, add_coders
 from timm_pnnh.models.pnnh_resnet import pnnh_resnet_coders
@@ -44,15 +43,13 @@ MAX_RELATIVE_ERROR = 1e-5
 
 
 def _load(path: str, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
-    """The state dict and the ``arch`` recorded in the checkpoint (train.py), if any."""
-    if not os.path.isfile(path):
-        raise ConversionError(f'--checkpoint {path}: no such file')
-    if path.endswith('.safetensors'):
-        return load_file(path), None
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    """The state dict and the ``arch`` recorded in the checkpoint (train.py), if any; the file is read by
+    ``errors.read_checkpoint`` (a missing, empty, truncated or foreign file is a UsageError)."""
+    checkpoint = read_checkpoint('--checkpoint', path)
     if not isinstance(checkpoint, dict):
         raise ConversionError(f'--checkpoint {path}: a {type(checkpoint).__name__}, not a state dict or checkpoint')
+    if path.endswith('.safetensors'):
+        return checkpoint, None
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if key in checkpoint:
         return clean_state_dict(checkpoint[key]), checkpoint.get('arch')
@@ -150,7 +147,7 @@ def run(args) -> int:
         pnnh, name, model_args, errors = convert_checkpoint(args.checkpoint, args.model, args.pnnh_model, args.use_ema)
         folder = write_folder(pnnh, name, model_args, args.output, args.overwrite)
     except ConversionError as e:
-        raise SystemExit(f'timm-pnnh convert: error: {e}')
+        raise UsageError(str(e)) from None
     extra = ''.join(f' --{k.replace("_", "-")} {v}' for k, v in model_args.items() if k != 'img_size')
     print(f'{name}: logits equal the residual net\'s (relative error {errors["converted"]:.1e}, '
           f'after reparameterize_model {errors["reparameterized"]:.1e})')

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_pnnh.errors import (UsageError, check_input_file, check_model, check_number, check_output_dir,
+from timm_pnnh.errors import (UsageError, check_checkpoint_file, check_model, check_number, check_output_dir,
                               load_weights)
 from timm_pnnh.files import atomic_write, markdown_table, save_figure, write_json
 
@@ -337,7 +337,7 @@ def run(args) -> int:
     for name in args.model:
         check_model('--model', name)
     for path in args.checkpoint or ():
-        check_input_file('--checkpoint', path)
+        check_checkpoint_file('--checkpoint', path)
     check_output_dir('--out', args.out)
     fit_images, score_images, source = diagnosis_images(args.batch_size, args.in_chans, args.img_size, args.data_dir, args.seed)
     print(f'input: {source}; fit on {len(fit_images)}, scored on {len(score_images)} images of '

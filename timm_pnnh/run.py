@@ -10,6 +10,13 @@ It is a ``torchrun`` target (``torchrun --nproc_per_node=N -m timm_pnnh.run trai
 runs under SLURM (``srun python -m timm_pnnh.run train.py ...``): timm's scripts read the rank and
 world size from the environment those launchers set.
 
+Before the script starts, the checkpoint files its options name (``--checkpoint`` of ``validate.py``
+and ``inference.py``; ``--resume``, ``--initial-checkpoint`` and ``--pretrained-path`` of
+``train.py``) are checked as every ``timm-pnnh`` command checks a checkpoint
+(``errors.check_checkpoint_file``): a missing, empty, truncated or foreign file is one line on
+stderr naming the option and the file, exit code 2, instead of a traceback from inside the script.
+The file is not loaded by this check; the script loads it as it always does.
+
 ``train.py`` alone can do without it: ``train.py --device-modules timm_pnnh`` (or
 ``device_modules: [timm_pnnh]`` in a ``-c`` YAML) imports the package before the model is built.
 ``validate.py``, ``benchmark.py`` and ``inference.py`` have no such option.
@@ -20,6 +27,11 @@ import os
 import runpy
 import sys
 from typing import List, Optional, Sequence
+
+from timm_pnnh.errors import UsageError, check_checkpoint_file
+
+# the options of timm's scripts that name a checkpoint file to load
+CHECKPOINT_OPTIONS = ('--checkpoint', '--resume', '--initial-checkpoint', '--pretrained-path')
 
 
 def check_script(script: str) -> str:
@@ -41,6 +53,27 @@ def check_script(script: str) -> str:
     if 'timm' not in imported:
         raise ValueError(f'SCRIPT={script!r} is not a timm script: it does not import timm')
     return os.path.abspath(script)
+
+
+def checkpoint_arguments(args: Sequence[str]) -> List[tuple]:
+    """``(option, path)`` for each ``CHECKPOINT_OPTIONS`` value in the script's ``args`` (``--opt PATH`` or
+    ``--opt=PATH``; an empty value, train.py's "none", is skipped)."""
+    found = []
+    for i, arg in enumerate(args):
+        option, equals, value = arg.partition('=')
+        if option not in CHECKPOINT_OPTIONS:
+            continue
+        if not equals:
+            value = args[i + 1] if i + 1 < len(args) else ''
+        if value and not value.startswith('-'):
+            found.append((option, value))
+    return found
+
+
+def check_checkpoints(args: Sequence[str]) -> None:
+    """UsageError for the first checkpoint named in the script's ``args`` that is no checkpoint."""
+    for option, path in checkpoint_arguments(args):
+        check_checkpoint_file(option, path)
 
 
 def run_script(script: str, args: Sequence[str] = ()) -> int:
@@ -67,6 +100,7 @@ def run(args) -> int:
         check_script(args.script)
     except ValueError as e:
         args.parser.error(str(e))
+    check_checkpoints(args.args)
     return run_script(args.script, args.args)
 
 
@@ -83,7 +117,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.parser = parser
-    return run(args)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':
