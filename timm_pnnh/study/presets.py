@@ -121,8 +121,8 @@ PRESETS = {
     'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
                             train_size=60000, test_size=None, diag_batch=256, epochs=3,
                             variants=DECIDING_VARIANTS + SPLIT_VARIANTS),
-    # the deciding rows for 10 epochs on 2 CPU cores, with bf16 autocast (2x the fp32 training speed
-    # on a CPU with AMX; docs/study.md has the paired check that it learns the same)
+    # the deciding rows for 10 epochs on 2 CPU cores, with bf16 autocast (faster than fp32 on a CPU with
+    # bf16 matrix units: docs/study.md has the measurement, and the paired check that it learns the same)
     'long-cpu': Preset('long-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(56,), seeds=(0, 1),
                        train_size=60000, test_size=None, diag_batch=256, epochs=10, variants=LONG_VARIANTS),
 }
