@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from timm_pnnh import data
 
@@ -137,3 +139,21 @@ def local_hub(tmp_path):
     hub = LocalHub(tmp_path)
     yield hub
     hub.stop()
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with non-trivial norm statistics and affine parameters, and no zero-initialised learner
+    output, so that folds and reloads are checked on values that matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
+                m.weight.uniform_(0.2, 0.6, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+        for p in model.parameters():
+            if p.dim() > 1 and not p.abs().sum():
+                p.normal_(0, 0.5 / p[0].numel() ** 0.5, generator=g)
+    return model

@@ -11,24 +11,7 @@ from timm.utils.model import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import pnnh_resnet, pnnh_vit
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial norm statistics and affine parameters, and no zero-initialised learner output, so that
-    the fold and the reload are checked on values that matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
-                m.weight.uniform_(0.2, 0.6, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
-        for p in model.parameters():
-            if p.dim() > 1 and not p.abs().sum():
-                p.normal_(0, 0.5 / p[0].numel() ** 0.5, generator=g)
-    return model
+from conftest import randomise
 
 
 def fold_save_reload(name, size, tmp_path, **kwargs):

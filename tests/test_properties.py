@@ -19,6 +19,7 @@ from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import pnnh_resnet, pnnh_vit
+from conftest import randomise
 
 PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 FOLD_TOLERANCE = 1e-4  # test_reparam.py and test_vit_reparam.py: deployed vs eval logits, relative to their scale
@@ -88,23 +89,6 @@ def build_or_documented_error(name, kwargs, knobs, check):
         return None
     assert expected is None, f'{name} built with {knobs}, but its check says: {expected}'
     return model
-
-
-def randomise(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial norm statistics and affine parameters, and no zero-initialised output layer, so
-    that folding is tested on values that matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
-                m.weight.uniform_(0.2, 0.6, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
-        for n, p in model.named_parameters():
-            if p.dim() > 1 and not p.abs().sum():  # zero-initialised learner outputs
-                p.normal_(0, 0.5 / p[0].numel() ** 0.5, generator=g)
 
 
 def check_properties(name, kwargs, knobs, size, check):
