@@ -4,7 +4,7 @@ Used by the study (``timm-pnnh study``). The recipe (PAPER.md's first
 measurement): SGD with Nesterov momentum 0.9, weight decay 5e-4, peak lr 0.1 with linear warm-up over
 the first 10% of the steps and cosine decay (timm's ``CosineLRScheduler``, stepped per update), batch
 128; ``opt='adamw'`` for the study's ViT rows. ``channels_last`` and bf16 autocast are the recipe's too
-(channels_last trains PNNH nets 1.5x faster on CPU, where the 1x1 coder convolutions are memory-bound).
+(on CPU channels_last is what makes the memory-bound 1x1 coder convolutions affordable: docs/speed.md).
 A run whose loss stops being finite ends there and is reported as diverged, with the step. For long
 runs on real datasets use timm's own train.py (``timm-pnnh run train.py``).
 """

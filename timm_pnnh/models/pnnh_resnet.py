@@ -51,7 +51,7 @@ __all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock',
            'ResidualBasicBlock', 'ResidualBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
            'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
-# The defaults of the knobs the paper leaves open (see README "Knobs" and the ablation), each written
+# The defaults of the knobs the paper leaves open (docs/block.md "Knobs"), each written
 # here once: the blocks' signatures and the entrypoints read these tables.
 PNNH_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1,
@@ -291,9 +291,8 @@ class PnnhBasicBlock(_PnnhBlock):
     it folds into exactly that at deployment (``reparameterize``). In training the two branches are
     summed instead: the learner's BatchNorms need the learner's own batch statistics, which a
     concatenated second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a
-    3x3 conv. Measured (pnnh_resnet56, batch 64, CPU): concatenating only the first convolution
-    trains 0.78x as fast as the summed branches with a 1x1 coder and 0.93x with a 3x3 one; decoding
-    with ``conv2d`` on ``adj(E)`` instead of ``conv_transpose2d`` on ``E`` is within noise.
+    3x3 conv; concatenating only the first convolution also trained slower than the summed branches
+    when it was tried.
 
     Parameters (C_c = coder_ratio * C, C_l = learner_ratio * C, k = coder_kernel)::
 
@@ -366,9 +365,7 @@ class PnnhBasicBlock(_PnnhBlock):
         plain, but not cheaper, unless the coder and learner share the width.
 
         This exact fold is the deployed form (what timm's ``reparameterize_model`` and
-        ``validate.py --reparam`` produce): it holds for every input. Narrower forms are opt-in:
-        ``timm_pnnh.prune.prune_dead_channels`` removes hidden channels that carry nothing (exactly
-        from the weights, or on calibration data at an accuracy cost to be measured).
+        ``validate.py --reparam`` produce): it holds for every input.
         """
         enc_w, enc_b, dec_w = self.coder.folded()
         scale1, shift1 = bn_scale_shift(self.bn1)
