@@ -128,8 +128,9 @@ def checkpoint_problem(path: str) -> Optional[str]:
         return _safetensors_problem(path, size)
     with open(path, 'rb') as f:
         head = f.read(512)
-    if head.startswith(ZIP_MAGIC) or zipfile.is_zipfile(path):
-        if not zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    if head.startswith(ZIP_MAGIC) or is_zip:
+        if not is_zip:
             return (f'is truncated ({_size_text(size)}; the end of its zip archive, which torch.save writes last, '
                     'is missing)')
         try:
@@ -145,12 +146,11 @@ def checkpoint_problem(path: str) -> Optional[str]:
     if head.startswith(b'\x80'):
         return "is a Python pickle that torch.save did not write (no torch magic number)"
     try:
-        head.decode('utf-8')
-        text = all(c.isprintable() or c.isspace() for c in head.decode('utf-8'))
+        decoded = head.decode('utf-8')
     except UnicodeDecodeError:
-        text = False
-    if text:
-        return f'is a text file, not a checkpoint (it starts with {head[:20].decode("utf-8")!r})'
+        decoded = None
+    if decoded is not None and all(c.isprintable() or c.isspace() for c in decoded):
+        return f'is a text file, not a checkpoint (it starts with {decoded[:20]!r})'
     return f'is not a checkpoint (an unknown format; it starts with {head[:8]!r})'
 
 
