@@ -36,6 +36,8 @@ def fold_save_reload(name, size, tmp_path, **kwargs):
     ('pnnh_resnet20', 32, dict(coder_ratio=0.5)),                       # knobs that change deployed shapes
     ('pnnh_resnet20', 32, dict(coder_kernel=3, coder_norm=True, learner_ratio=0.5)),
     ('pnnh_resnet20', 32, dict(plain_transitions=True, coder_sharing='stage')),
+    ('pnnh_resnet20', 32, dict(deploy_form='merged')),                # one conv per layer
+    ('pnnh_resnet50', 32, dict(coder_ratio=0.5, deploy_form='merged')),
     ('pnnh_resnet50', 32, dict(coder_ratio=0.5)),                       # the default tag is timm's, converted
     ('pnnh_vit_tiny_patch4_32', 32, dict(coder_ratio=0.5, arrangement='sequential', depth=2)),
     ('cifar_resnet20', 32, {}),

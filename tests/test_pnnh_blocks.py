@@ -275,5 +275,5 @@ def test_stage_shared_coder_folds_exactly():
         fused = reparameterize_model(shared)
         assert ref.std() > 1e-2
         assert (fused(x) - ref).abs().max().item() <= 1e-4
-    convs = [m.plain.conv1.weight for m in fused.modules() if isinstance(m, PnnhBasicBlock)]
+    convs = [m.plain.encoder.weight for m in fused.modules() if isinstance(m, PnnhBasicBlock)]
     assert len({c.data_ptr() for c in convs}) == len(convs)  # each folded block holds its own copy

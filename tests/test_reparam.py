@@ -11,7 +11,8 @@ import torch.nn as nn
 from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models import coder_ops
+from timm_pnnh.models.pnnh_resnet import CoderBesideLearner, PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, fold_batchnorms
 
@@ -23,6 +24,8 @@ VARIANTS = [
     dict(learner_ratio=0.5),
     dict(coder_ratio=0.5),
     dict(coder_kernel=3, coder_norm=True, learner_ratio=0.5, coder_ratio=0.5, coder_init='kaiming'),
+    dict(deploy_form='merged'),
+    dict(deploy_form='merged', coder_kernel=3, coder_norm=True, learner_ratio=0.5, coder_ratio=0.5),
 ]
 
 
@@ -128,8 +131,53 @@ def call_modules(module: nn.Module):
     return modules, functions
 
 
-def test_reparameterized_basic_block_is_conv_act_conv_act():
+def test_side_by_side_block_is_learner_convs_beside_coder_convs():
+    """The default deployed form: act(learner(x) + adj(E) act(E x)), and nothing adds x itself."""
+    torch.manual_seed(0)
     block = timm.create_model('pnnh_resnet20').eval().layer2[1]
+    coder = block.coder.kernel().detach().clone()
+    block.reparameterize()
+    assert isinstance(block.plain, CoderBesideLearner)
+    graph = torch.fx.symbolic_trace(block).graph
+    modules, functions = call_modules(block)
+    assert modules == [('plain.coder_act', nn.ReLU), ('plain.learner.conv1', nn.Conv2d), ('plain.learner.act1', nn.ReLU),
+                       ('plain.learner.conv2', nn.Conv2d), ('plain.act', nn.ReLU)]
+    assert functions == [coder_ops.conv, coder_ops.conv_add_]
+    x = next(n for n in graph.nodes if n.op == 'placeholder')
+    # the input feeds the encoder and the learner's first conv, nothing else (no identity term)
+    assert sorted(str(u.target) for u in x.users) == sorted([str(coder_ops.conv), 'plain.learner.conv1'])
+    learner = block.plain.learner
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in (learner.conv1, learner.conv2)] == [(32, 32, (3, 3))] * 2
+    torch.testing.assert_close(block.plain.encoder.weight, coder)
+    torch.testing.assert_close(block.plain.decoder.weight, adjoint_conv_weight(coder))
+    assert block.plain.encoder.bias is not None and block.plain.decoder.bias is None
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('kwargs', [{}, dict(coder_kernel=3, coder_norm=True, coder_ratio=0.5)], ids=['1x1', '3x3,norm'])
+def test_side_by_side_matches_in_both_memory_formats(kwargs, channels_last):
+    """The 1x1 coder runs as matrix products on channels_last input, as convolutions otherwise."""
+    torch.manual_seed(0)
+    block = PnnhBasicBlock(16, 16, **kwargs).eval()
+    randomise_norms(block)
+    x = torch.randn(3, 16, 7, 5)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = block(x)
+        block.reparameterize()
+        out = block(x)
+    assert ref.std() > 1e-2
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_deploy_form_is_checked():
+    with pytest.raises(ValueError, match=r"^deploy_form='fused' is not allowed: it must be one of \('side_by_side', 'merged'\)$"):
+        timm.create_model('pnnh_resnet20', deploy_form='fused')
+
+
+def test_merged_basic_block_is_conv_act_conv_act():
+    block = timm.create_model('pnnh_resnet20', deploy_form='merged').eval().layer2[1]
     block.reparameterize()
     modules, functions = call_modules(block)
     assert modules == [('plain.conv1', nn.Conv2d), ('plain.act1', nn.ReLU),
@@ -144,7 +192,7 @@ def test_reparameterized_basic_block_is_conv_act_conv_act():
 
 def test_reparameterized_basic_block_holds_coder_and_its_adjoint():
     torch.manual_seed(0)
-    block = PnnhBasicBlock(8, 8, coder_kernel=3, coder_init='kaiming', coder_ratio=0.5).eval()
+    block = PnnhBasicBlock(8, 8, coder_kernel=3, coder_init='kaiming', coder_ratio=0.5, deploy_form='merged').eval()
     coder = block.coder.kernel().detach().clone()  # E (the Parameter times the coder_lr_scale gain)
     block.reparameterize()
     torch.testing.assert_close(block.plain.conv1.weight[:4], coder)
@@ -152,9 +200,9 @@ def test_reparameterized_basic_block_holds_coder_and_its_adjoint():
     torch.testing.assert_close(block.plain.conv2.weight[:, :4], coder.transpose(0, 1).flip(-1, -2))
 
 
-def test_reparameterized_bottleneck_is_three_convs_with_identity_middle():
+def test_merged_bottleneck_is_three_convs_with_identity_middle():
     torch.manual_seed(0)
-    block = timm.create_model('pnnh_resnet50', coder_ratio=0.5).eval().layer1[1]
+    block = timm.create_model('pnnh_resnet50', coder_ratio=0.5, deploy_form='merged').eval().layer1[1]
     randomise_norms(block)
     block.reparameterize()
     modules, functions = call_modules(block)
@@ -170,9 +218,10 @@ def test_reparameterized_bottleneck_is_three_convs_with_identity_middle():
     assert torch.count_nonzero(block.plain.conv2.bias[:coder_channels]) == 0
 
 
-def test_reparameterize_grouped_bottleneck_matches():
+@pytest.mark.parametrize('deploy_form', ['side_by_side', 'merged'])
+def test_reparameterize_grouped_bottleneck_matches(deploy_form):
     torch.manual_seed(0)
-    block = PnnhBottleneck(256, 64, cardinality=4, base_width=32, coder_ratio=0.25).eval()
+    block = PnnhBottleneck(256, 64, cardinality=4, base_width=32, coder_ratio=0.25, deploy_form=deploy_form).eval()
     randomise_norms(block)
     x = torch.randn(2, 256, 5, 5)
     with torch.no_grad():

@@ -13,13 +13,14 @@ from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import registered_models
-from timm_pnnh.models.pnnh_vit import PnnhBlock, SplitAct
+from timm_pnnh.models.pnnh_vit import LinearCoder, PnnhBlock, SplitAct
 
 torch.set_num_threads(1)
 
 PNNH_VITS = registered_models('pnnh_vit_*')
 TINY = dict(embed_dim=32, num_heads=2, depth=2)
-VARIANTS = [
+# the variants that change what folds fold both ways; the default deployed form is side by side
+MERGED_VARIANTS = [
     dict(coder_ratio=2.0),
     dict(coder_ratio=0.5),
     dict(coder_norm=True),
@@ -32,6 +33,7 @@ VARIANTS = [
     dict(arrangement='sequential'),
     dict(arrangement='sequential', coder_norm=True, init_values=0.5, coder_act='relu'),
 ]
+VARIANTS = [dict(kw, deploy_form=form) for kw in MERGED_VARIANTS for form in ('side_by_side', 'merged')]
 
 
 def randomise(model: nn.Module, seed: int = 0) -> None:
@@ -64,12 +66,17 @@ def model_and_input(name: str, batch: int = 2, **kwargs):
 
 
 def assert_deployed(model: nn.Module) -> None:
+    """Side by side: the coder(s) and timm's Mlp stay; merged: the coder that meets the MLP is in it."""
     blocks = [m for m in model.modules() if isinstance(m, PnnhBlock)]
     assert blocks
     for block in blocks:
-        assert block.inference_mode and isinstance(block.mlp, nn.Sequential)
-        assert not hasattr(block, 'coder2' if block.sequential else 'coder')
+        assert block.inference_mode
         assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
+        if block.deploy_form == 'merged':
+            assert isinstance(block.mlp, nn.Sequential)
+            assert not hasattr(block, 'coder2' if block.sequential else 'coder')
+        else:
+            assert isinstance(block.mlp, timm.layers.Mlp) and isinstance(block.coder, LinearCoder)
 
 
 def max_diff(name: str, batch: int = 2, **kwargs) -> float:
@@ -126,8 +133,8 @@ def fold_and_compare(block, x):
 
 
 @pytest.mark.parametrize('coder_norm', [False, True])
-def test_deployed_parallel_block_is_linear_act_linear(coder_norm):
-    block, x = block_and_tokens(coder_norm=coder_norm, init_values=0.5)
+def test_merged_parallel_block_is_linear_act_linear(coder_norm):
+    block, x = block_and_tokens(coder_norm=coder_norm, init_values=0.5, deploy_form='merged')
     linears, functional, acts, skips = graph_summary(block)
     assert len(functional) == 2 and len(acts) == 2  # encoder / decoder, and the MLP's act plus the coder's
     fold_and_compare(block, x)
@@ -146,8 +153,17 @@ def test_deployed_parallel_block_is_linear_act_linear(coder_norm):
         assert not fc1.weight[:coder_dim, dim:].any() and not fc1.weight[coder_dim:, :dim].any()
 
 
-def test_deployed_block_with_a_different_coder_act_keeps_both_acts():
-    block, x = block_and_tokens(coder_act='relu')
+def test_side_by_side_block_keeps_coder_attention_and_mlp_with_no_skip():
+    block, x = block_and_tokens(init_values=0.5)
+    fold_and_compare(block, x)
+    linears, functional, acts, skips = graph_summary(block)
+    assert sorted(linears) == ['attn.proj', 'attn.qkv', 'mlp.fc1', 'mlp.fc2']
+    assert len(functional) == 2 and sorted(acts) == ['coder.act', 'mlp.act'] and skips == []
+    assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)  # folded into proj / fc2
+
+
+def test_merged_block_with_a_different_coder_act_keeps_both_acts():
+    block, x = block_and_tokens(coder_act='relu', deploy_form='merged')
     fold_and_compare(block, x)
     act = block.mlp.act
     assert isinstance(act, SplitAct) and act.split == 32
@@ -155,8 +171,8 @@ def test_deployed_block_with_a_different_coder_act_keeps_both_acts():
     assert graph_summary(block)[3] == []
 
 
-def test_deployed_sequential_block_folds_its_second_half():
-    block, x = block_and_tokens(arrangement='sequential')
+def test_merged_sequential_block_folds_its_second_half():
+    block, x = block_and_tokens(arrangement='sequential', deploy_form='merged')
     fold_and_compare(block, x)
     linears, functional, acts, skips = graph_summary(block)
     # first half: coder(x) + attn(N1 x), plain already (encoder, act, decoder); second half: one MLP
@@ -195,8 +211,8 @@ def test_reparameterize_is_idempotent_and_in_place():
      r"mlp=Mlp cannot fold with the coder: only timm's Mlp with Linear layers and no hidden norm"),
     (dict(mlp_layer=timm.layers.SwiGLUPacked), r'mlp=GluMlp cannot fold'),
 ])
-def test_reparameterize_rejects_an_mlp_it_cannot_fold(kwargs, match):
-    block, _ = block_and_tokens(**kwargs)
+def test_merged_rejects_an_mlp_it_cannot_fold(kwargs, match):
+    block, _ = block_and_tokens(deploy_form='merged', **kwargs)
     with pytest.raises(ValueError, match=match):
         block.reparameterize()
     assert not block.inference_mode and hasattr(block, 'coder')

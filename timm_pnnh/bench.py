@@ -30,6 +30,7 @@ import argparse
 import ast
 import datetime
 import platform
+import re
 import statistics
 import sys
 import time
@@ -315,7 +316,15 @@ def bench_table(report: Dict) -> str:
     return write_table(header, rows)
 
 
-MARKERS = ('<!-- bench:start -->', '<!-- bench:end -->')
+def markers(section: str = 'bench') -> Tuple[str, str]:
+    """The markers ``--write-readme`` writes between: ``<!-- SECTION:start -->`` ... ``<!-- SECTION:end -->``."""
+    return f'<!-- {section}:start -->', f'<!-- {section}:end -->'
+
+
+def _section(text: str) -> str:
+    if not re.fullmatch(r'[a-z0-9][a-z0-9-]*', text):
+        raise ValueError(f'--section={text!r} is not allowed: it must be lower-case letters, digits and dashes')
+    return text
 
 
 def command_line(args) -> str:
@@ -334,7 +343,7 @@ def check_arguments(args) -> None:
     if args.json:
         check_output_file('--json', args.json)
     if args.write_readme:
-        check_markers(args.write_readme, MARKERS)
+        check_markers(args.write_readme, markers(args.section))
 
 
 def run(args) -> int:
@@ -355,7 +364,7 @@ def run(args) -> int:
     print(header)
     print(table)
     if args.write_readme:
-        write_between_markers(args.write_readme, MARKERS, f'`{command_line(args)}`\n\n{header[2:]}\n\n{table}')
+        write_between_markers(args.write_readme, markers(args.section), f'`{command_line(args)}`\n\n{header[2:]}\n\n{table}')
         print(f'wrote the table into {args.write_readme}')
     if args.json:
         write_json(args.json, report)
@@ -409,5 +418,7 @@ def register(subparsers) -> None:
     parser.add_argument('--warmup', type=int_arg('--warmup', 0), default=2, help='untimed steps before timing')
     parser.add_argument('--json', default=None, help='also write the full report (every run) to this JSON file')
     parser.add_argument('--write-readme', metavar='FILE', default=None,
-                        help='also write the command and the table between the bench markers of this file (docs/speed.md)')
+                        help='also write the command and the table between the --section markers of this file (docs/speed.md)')
+    parser.add_argument('--section', type=_arg(_section), default='bench',
+                        help='with --write-readme: write between <!-- SECTION:start --> and <!-- SECTION:end --> (default: bench)')
     parser.set_defaults(func=run)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ['fold_batchnorms', 'fold_block_batchnorms', 'bn_scale_shift', 'pad_kernel', 'adjoint_conv_weight',
+__all__ = ['fold_batchnorms', 'fold_block_batchnorms', 'fold_conv_bn', 'bn_scale_shift', 'pad_kernel', 'adjoint_conv_weight',
            'dense_weight']
 
 
@@ -76,7 +76,8 @@ def dense_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` (with bias) equal to ``bn(conv(x))`` in eval mode."""
     scale, shift = bn_scale_shift(bn)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
@@ -96,7 +97,7 @@ def _fold_numbered(module: nn.Module) -> None:
     for n in (1, 2, 3):
         conv, bn = getattr(module, f'conv{n}', None), getattr(module, f'bn{n}', None)
         if _foldable(conv, bn):
-            setattr(module, f'conv{n}', _fold_conv_bn(conv, bn))
+            setattr(module, f'conv{n}', fold_conv_bn(conv, bn))
             setattr(module, f'bn{n}', nn.Identity())
 
 
@@ -106,7 +107,7 @@ def _fold_sequential(module: nn.Sequential) -> None:
     for first, second in zip(names, names[1:]):
         conv, bn = module._modules[first], module._modules[second]
         if _foldable(conv, bn):
-            module._modules[first] = _fold_conv_bn(conv, bn)
+            module._modules[first] = fold_conv_bn(conv, bn)
             module._modules[second] = nn.Identity()
 
 

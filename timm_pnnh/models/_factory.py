@@ -6,10 +6,14 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, reparameterize_model
 
-__all__ = ['CODER_INITS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
+__all__ = ['CODER_INITS', 'DEPLOY_FORMS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
            'check_ratio', 'check_choice', 'coder_width', 'signed_dirac_', 'deployable']
 
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
+# what a PNNH block's reparameterize() folds it into (docs/speed.md "Deployment"): the learner's layers
+# beside the coder's, summed (the training form's arithmetic), or the coder merged into the learner's
+# layers as extra hidden channels (one conv or linear per layer, more arithmetic)
+DEPLOY_FORMS = ('side_by_side', 'merged')
 # C_c / C: up to 2, where the signed Dirac init E = [I; -I] makes the coder the exact identity
 MAX_CODER_RATIO = 2.0
 

@@ -20,13 +20,14 @@ batch statistics again and save as much as it spares, and other activations woul
 derivative; those coders keep the plain autograd form.
 """
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
-__all__ = ['relu_coder', 'recompute_applies']
+__all__ = ['relu_coder', 'recompute_applies', 'conv', 'conv_add_']
 
 
 def recompute_applies(norm: nn.Module, *acts: nn.Module) -> bool:
@@ -114,3 +115,37 @@ def relu_coder(x: torch.Tensor, weight: torch.Tensor, gain: float = 1.0, padding
     Equal to the autograd form in value and gradient; saves only ``x`` and ``weight`` for backward.
     """
     return _ReluCoder.apply(x, weight, float(gain), padding, dilation)
+
+
+def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a conv of ``weight`` over ``x`` can run as a matrix product over the pixels: a 1x1
+    kernel and a channels_last input."""
+    return weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.fx.wrap
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
+         dilation: int = 1) -> torch.Tensor:
+    """``conv2d(x, weight, bias)``, stride 1; a 1x1 conv on a channels_last input as one matrix product
+    (channels_last output). The deployed side-by-side coder's encoder."""
+    if _as_rows(x, weight):
+        matrix = weight.flatten(1).t()
+        rows = _rows(x) @ matrix if bias is None else torch.addmm(bias, _rows(x), matrix)
+        return _image(rows, x)
+    return F.conv2d(x, weight, bias, 1, padding, dilation)
+
+
+@register_notrace_function
+@torch.jit.ignore
+@torch.fx.wrap
+def conv_add_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int = 0,
+              dilation: int = 1) -> torch.Tensor:
+    """``out + conv2d(x, weight)``, stride 1, written into ``out``; a 1x1 conv on channels_last tensors
+    as one ``addmm_`` over the pixels (no separate map for the conv's output). The deployed side-by-side
+    coder's decoder, added to the learner's output."""
+    if _as_rows(x, weight) and out.is_contiguous(memory_format=torch.channels_last):
+        _rows(out).addmm_(_rows(x), weight.flatten(1).t())
+        return out
+    return out.add_(F.conv2d(x, weight, None, 1, padding, dilation))

@@ -26,6 +26,7 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 ``reparameterize()``: PNNH blocks fold into plain conv stacks, the other blocks fold their BatchNorms
 (the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
+import copy
 import inspect
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
@@ -44,10 +45,11 @@ from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
-    CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import adjoint_conv_weight, bn_scale_shift, dense_weight, fold_block_batchnorms, pad_kernel
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
+from timm_pnnh.reparam import (
+    adjoint_conv_weight, bn_scale_shift, dense_weight, fold_block_batchnorms, fold_conv_bn, pad_kernel)
 
-__all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
+__all__ = ['CifarResNet', 'CoderBesideLearner', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
            'ResidualBasicBlock', 'ResidualBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
            'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
@@ -55,7 +57,7 @@ __all__ = ['CifarResNet', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock',
 # here once: the blocks' signatures and the entrypoints read these tables.
 PNNH_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1,
-    coder_sharing='block')
+    coder_sharing='block', deploy_form='side_by_side')
 # A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
 # about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
 # yet measured: ImageNet-scale ablations cannot run here.
@@ -79,6 +81,7 @@ _KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
     coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
     coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
     coder_sharing=lambda v: check_choice('coder_sharing', v, CODER_SHARING),
+    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
 )
 
 
@@ -177,15 +180,47 @@ class _Coder(nn.Module):
         return weight * scale.reshape(-1, 1, 1, 1), shift, adjoint_conv_weight(weight)
 
 
-def _conv_with_bias(weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> nn.Conv2d:
-    """A stride-1 'same' ``nn.Conv2d`` holding ``weight`` and ``bias``."""
+def _conv_with_bias(weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int) -> nn.Conv2d:
+    """A stride-1 'same' ``nn.Conv2d`` holding ``weight`` and ``bias`` (none if ``bias`` is None)."""
     k = weight.shape[-1]
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], k, padding=dilation * (k - 1) // 2, dilation=dilation,
-                     bias=True, device=weight.device, dtype=weight.dtype)
+                     bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
+        if bias is not None:
+            conv.bias.copy_(bias)
     return conv
+
+
+class CoderBesideLearner(nn.Module):
+    """A PNNH block deployed with ``deploy_form='side_by_side'``: ``act(learner(x) + decoder(coder_act(encoder(x))))``.
+
+    ``learner`` is the block's learner in eval form, its BatchNorms folded into its convs (with bias), up
+    to its last conv; ``encoder`` is ``N_c E`` (a conv with bias), ``decoder`` is ``adj(E)`` (a conv
+    without bias), ``coder_act`` the act(s) the coder crosses and ``act`` the block's last act. No term
+    is the input: the block stays plain; it is two branches of convolutions summed before the last act.
+    A 1x1 coder on a channels_last input runs as matrix products over the pixels, the decoder's added
+    into the learner's output in place (``coder_ops.conv`` / ``conv_add_``).
+
+    Cost: the learner's multiply-adds plus ``2 k*k C_c C`` per position, the summed training form's
+    (eval) arithmetic, against ``(C_c + C_l) / C`` times a residual block's for ``deploy_form='merged'``.
+    """
+
+    def __init__(self, learner: nn.Sequential, encoder: nn.Conv2d, coder_act: nn.Module, decoder: nn.Conv2d,
+                 act: nn.Module):
+        super().__init__()
+        self.learner = learner
+        self.encoder = encoder
+        self.coder_act = coder_act
+        self.decoder = decoder
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.coder_act(coder_ops.conv(x, self.encoder.weight, self.encoder.bias, self.encoder.padding[0],
+                                             self.encoder.dilation[0]))
+        out = coder_ops.conv_add_(self.learner(x), code, self.decoder.weight, self.decoder.padding[0],
+                                  self.decoder.dilation[0])
+        return self.act(out)
 
 
 def _check_dilation(kernel_sizes, dilations, block: str) -> int:
@@ -210,13 +245,15 @@ class _PnnhBlock(nn.Module):
     learner's zero-initialised last BN, the coder's TorchScript form and the end of the fold.
 
     A subclass sets ``expansion``, ``knobs`` (the table its signature reads its knob defaults from),
-    ``last_bn`` (the name of the learner's last BatchNorm), builds its learner after this ``__init__``
-    and sets ``coder_act2`` (the coder's second act, None without one), and implements ``_plain_layers``
-    (the folded layers, in order).
+    ``last_bn`` and ``last_act`` (the names of the learner's last BatchNorm and of the block's last act),
+    builds its learner after this ``__init__`` and sets ``coder_act2`` (the coder's second act, None
+    without one), and implements ``_plain_layers`` (the one-conv-per-layer fold, in order) and
+    ``_learner_layers`` (the learner folded, up to its last conv).
     """
     expansion = 1
     knobs = PNNH_KNOBS
     last_bn = 'bn2'
+    last_act = 'act2'
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module],
                  reduce_first: int, first_dilation: int, norm_layer: Type[nn.Module], attn_layer, aa_layer,
@@ -235,8 +272,9 @@ class _PnnhBlock(nn.Module):
                             first_dilation, knobs['coder_init'], norm_layer if knobs['coder_norm'] else None,
                             knobs['coder_lr_scale'], coder_weight, device=device, dtype=dtype)
         self.drop_path = drop_path
+        self.deploy_form = knobs['deploy_form']
         self.inference_mode = False
-        self.plain: Optional[nn.Sequential] = None  # the deployment form, set by reparameterize()
+        self.plain: Optional[nn.Module] = None  # the deployment form, set by reparameterize()
 
     def zero_init_last(self) -> None:
         """Zero the learner's last BN scale so that the block starts as its coder alone."""
@@ -257,20 +295,39 @@ class _PnnhBlock(nn.Module):
     def _plain_layers(self) -> Dict[str, nn.Module]:
         raise NotImplementedError
 
+    def _learner_layers(self) -> Dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def _side_by_side(self) -> CoderBesideLearner:
+        """The ``deploy_form='side_by_side'`` fold: the learner's convs (BatchNorms folded) beside the coder's."""
+        enc_w, enc_b, dec_w = self.coder.folded()
+        dilation = self.coder.dilation
+        coder_act = copy.deepcopy(self.act1)
+        if self.coder_act2 is not None and not isinstance(self.coder_act2, nn.Identity):
+            coder_act = nn.Sequential(coder_act, self.coder_act2)
+        learner = nn.Sequential(OrderedDict(self._learner_layers()))
+        return CoderBesideLearner(learner, _conv_with_bias(enc_w, enc_b, dilation), coder_act,
+                                  _conv_with_bias(dec_w, None, dilation), getattr(self, self.last_act))
+
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Fold the block, in place, into ``plain``: a ``Sequential`` of convs with bias and the block's
-        acts (``_plain_layers`` of the subclass says which), the eval form (BatchNorm running statistics).
-        The training-form layers go; DropBlock and DropPath, identities in eval, are dropped. timm's
-        ``reparameterize_model`` calls this. Idempotent."""
+        """Fold the block, in place, into ``plain``, its eval form (BatchNorm running statistics) with no
+        term that is the input. ``deploy_form='side_by_side'`` (the default): a ``CoderBesideLearner``,
+        the learner's convs beside the coder's, summed before the last act; ``'merged'``: a
+        ``Sequential`` of one conv (with bias) per layer and the block's acts (``_plain_layers``), the
+        coder carried as extra hidden channels. The training-form layers go; DropBlock and DropPath,
+        identities in eval, are dropped. timm's ``reparameterize_model`` calls this. Idempotent."""
         if self.plain is not None:
             return
-        layers = self._plain_layers()
+        if self.deploy_form == 'merged':
+            plain = nn.Sequential(OrderedDict(self._plain_layers()))
+        else:
+            plain = self._side_by_side()
         for name in list(self._modules):
             delattr(self, name)
         self.coder_act2 = None
         self.drop_path = None
-        self.plain = nn.Sequential(OrderedDict(layers))
+        self.plain = plain
         self.inference_mode = True
 
 
@@ -305,6 +362,7 @@ class PnnhBasicBlock(_PnnhBlock):
     expansion = 1
     knobs = PNNH_KNOBS
     last_bn = 'bn2'
+    last_act = 'act2'
 
     def __init__(
             self,
@@ -329,6 +387,7 @@ class PnnhBasicBlock(_PnnhBlock):
             coder_init: str = PNNH_KNOBS['coder_init'],
             coder_norm: bool = PNNH_KNOBS['coder_norm'],
             coder_lr_scale: float = PNNH_KNOBS['coder_lr_scale'],
+            deploy_form: str = PNNH_KNOBS['deploy_form'],
             coder_weight: Optional[nn.Parameter] = None,
             device=None,
             dtype=None,
@@ -336,7 +395,8 @@ class PnnhBasicBlock(_PnnhBlock):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
         knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale)
+                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
+                     deploy_form=deploy_form)
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, coder_weight, knobs, **dd)
         if cardinality != 1 or base_width != 64:
@@ -378,6 +438,10 @@ class PnnhBasicBlock(_PnnhBlock):
         return dict(conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
                     conv2=_conv_with_bias(w2, shift2, d2), act2=self.act2)
 
+    def _learner_layers(self) -> Dict[str, nn.Module]:
+        """The learner of ``deploy_form='side_by_side'``: ``conv1 (BN1 L1) -> act1 -> conv2 (BN2 L2)``."""
+        return dict(conv1=fold_conv_bn(self.conv1, self.bn1), act1=self.act1, conv2=fold_conv_bn(self.conv2, self.bn2))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None
             return self.plain(x)
@@ -415,6 +479,7 @@ class PnnhBottleneck(_PnnhBlock):
     expansion = 4
     knobs = PNNH_BOTTLENECK_KNOBS
     last_bn = 'bn3'
+    last_act = 'act3'
 
     def __init__(
             self,
@@ -439,6 +504,7 @@ class PnnhBottleneck(_PnnhBlock):
             coder_init: str = PNNH_BOTTLENECK_KNOBS['coder_init'],
             coder_norm: bool = PNNH_BOTTLENECK_KNOBS['coder_norm'],
             coder_lr_scale: float = PNNH_BOTTLENECK_KNOBS['coder_lr_scale'],
+            deploy_form: str = PNNH_BOTTLENECK_KNOBS['deploy_form'],
             coder_weight: Optional[nn.Parameter] = None,
             device=None,
             dtype=None,
@@ -446,7 +512,8 @@ class PnnhBottleneck(_PnnhBlock):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
         knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale)
+                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
+                     deploy_form=deploy_form)
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, coder_weight, knobs, **dd)
         channels = planes * self.expansion
@@ -493,6 +560,12 @@ class PnnhBottleneck(_PnnhBlock):
         return dict(conv1=_conv_with_bias(w1, torch.cat([enc_b, shift1]), d1), act1=self.act1,
                     conv2=_conv_with_bias(w2, torch.cat([shift2.new_zeros(coder_channels), shift2]), d2), act2=self.act2,
                     conv3=_conv_with_bias(w3, shift3, d3), act3=self.act3)
+
+    def _learner_layers(self) -> Dict[str, nn.Module]:
+        """The learner of ``deploy_form='side_by_side'``: ``conv1 -> act1 -> conv2 -> act2 -> conv3``, each
+        conv with its BatchNorm folded (``conv2`` keeps its groups)."""
+        return dict(conv1=fold_conv_bn(self.conv1, self.bn1), act1=self.act1, conv2=fold_conv_bn(self.conv2, self.bn2),
+                    act2=self.act2, conv3=fold_conv_bn(self.conv3, self.bn3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None:  # inference_mode; TorchScript drops this branch while plain is None

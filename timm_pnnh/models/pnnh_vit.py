@@ -35,7 +35,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
 from timm_pnnh.models._factory import (
-    CODER_INITS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
            'check_pnnh_vit_args', 'pnnh_vit_coders', 'residual_to_pnnh_vit']
@@ -49,7 +49,7 @@ ARRANGEMENTS = ('parallel', 'sequential')
 # no better, so the cheaper coder is the default; that ablation is no longer part of the package.
 PNNH_VIT_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False, arrangement='parallel',
-    zero_init_last=True)
+    zero_init_last=True, deploy_form='side_by_side')
 
 # the registered sizes (as timm's vit_tiny/small/base; each entrypoint below writes its architecture)
 SIZES = ('tiny', 'small', 'base')
@@ -63,6 +63,7 @@ _KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
     arrangement=lambda v: check_choice('arrangement', v, ARRANGEMENTS),
     coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
     zero_init_last=lambda v: check_choice('zero_init_last', v, (False, True)),
+    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
 )
 
 
@@ -220,13 +221,14 @@ class PnnhBlock(Block):
             coder_norm: bool = PNNH_VIT_KNOBS['coder_norm'],
             arrangement: str = PNNH_VIT_KNOBS['arrangement'],
             zero_init_last: bool = PNNH_VIT_KNOBS['zero_init_last'],
+            deploy_form: str = PNNH_VIT_KNOBS['deploy_form'],
             act_layer: Type[nn.Module] = nn.GELU,
             device=None,
             dtype=None,
             **kwargs,
     ) -> None:
         check_pnnh_vit_args(coder_ratio=coder_ratio, coder_init=coder_init, coder_act=coder_act, coder_norm=coder_norm,
-                            arrangement=arrangement, zero_init_last=zero_init_last)
+                            arrangement=arrangement, zero_init_last=zero_init_last, deploy_form=deploy_form)
         super().__init__(dim, num_heads, act_layer=act_layer, device=device, dtype=dtype, **kwargs)
         coder_act_layer = act_layer if coder_act == 'mlp' else get_act_layer(coder_act)
         coder_dim = coder_width(dim, coder_ratio, 'coder_ratio')
@@ -236,6 +238,7 @@ class PnnhBlock(Block):
         self.coder = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd)
         self.coder2 = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd) if self.sequential else None
         self.zero_learner = zero_init_last
+        self.deploy_form = deploy_form
         self.inference_mode = False
         self.init_weights()
 
@@ -264,6 +267,10 @@ class PnnhBlock(Block):
     def reparameterize(self) -> None:
         """Fold the block, in place, into its plain deployment form (eval form). Idempotent.
 
+        ``deploy_form='side_by_side'`` (the default): the coder(s), attention and MLP stay as they are
+        (the summed training form's arithmetic); the LayerScale gammas fold into ``attn.proj`` and
+        ``mlp.fc2``, and DropPath, an identity in eval, is dropped. ``deploy_form='merged'``:
+
         The coder that meets the MLP (parallel: ``coder``; sequential: ``coder2``) and the MLP become one
         ``mlp = Sequential(fc1, act, fc2)``, with no residual add::
 
@@ -285,6 +292,16 @@ class PnnhBlock(Block):
         other than ``LayerScale``.
         """
         if self.inference_mode:
+            return
+        if self.deploy_form == 'side_by_side':
+            for ls, layer in ((self.ls1, self.attn.proj), (self.ls2, self.mlp.fc2)):
+                gamma = _layer_scale(ls, 'ls1' if layer is self.attn.proj else 'ls2')
+                if gamma is not None:
+                    layer.weight.mul_(gamma[:, None])
+                    if layer.bias is not None:
+                        layer.bias.mul_(gamma)
+            self.ls1 = self.ls2 = self.drop_path1 = self.drop_path2 = nn.Identity()
+            self.inference_mode = True
             return
         mlp = self.mlp
         if type(mlp) is not Mlp or not all(isinstance(m, nn.Linear) for m in (mlp.fc1, mlp.fc2)) \
@@ -339,7 +356,7 @@ class PnnhBlock(Block):
             attn_mask: Optional[torch.Tensor] = None,
             is_causal: bool = False,
     ) -> torch.Tensor:
-        if self.inference_mode:
+        if self.inference_mode and self.deploy_form == 'merged':
             return self._forward_deployed(x, attn_mask, is_causal)
         if self.coder2 is not None:
             x1 = self.norm1(x)
