@@ -170,12 +170,12 @@ def render_card(template: str, values: Dict[str, Any]) -> str:
 CODERS = {
     'pnnh_resnet': 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution with '
                    'the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
-                   'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds into one '
-                   'plain conv -> act -> conv. As in the paper\'s Figure 2, the blocks that change stride or width '
+                   'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
+                   'BatchNorms and keeps learner and coder side by side, with no identity term. As in the paper\'s Figure 2, the blocks that change stride or width '
                    'keep the original residual block.',
     'pnnh_vit': 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) around a '
                 'GELU, in place of the residual stream beside attention and MLP, whose last projections start at '
-                'zero; at deployment the coder and the MLP fold into one plain Linear -> act -> Linear.',
+                'zero; at deployment LayerScale folds into the projections and no term is the block input.',
     'plain_': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
               'removed, and no coder.',
     'cifar_': 'this model is a residual baseline of the comparison, with no coder.',

@@ -5,10 +5,12 @@ The deployed form of every model this package registers is what timm's own
 that has one (as for byobnet's RepVGG blocks), and ``create_model(..., inference_mode=True)`` builds
 exactly that form, so folded weights saved after timm's function load into it.
 
-* A PNNH block (``PnnhBasicBlock``, ``PnnhBottleneck``, the ViT's ``PnnhBlock``) folds its
-  BatchNorms, its weight-sharing coder ``E`` / ``adj(E)`` and its learner into one plain stack:
-  ``conv -> act -> conv -> act`` (bottleneck: three convs; paper, arXiv:2402.08645: no residual
-  connection; this project's reading of the block, see ``timm_pnnh.models.pnnh_resnet``).
+* A PNNH block (``PnnhBasicBlock``, ``PnnhBottleneck``, the ViT's ``PnnhBlock``) folds into a plain
+  block (paper, arXiv:2402.08645: no residual connection; this project's reading of the block, see
+  ``timm_pnnh.models.pnnh_resnet``). ``deploy_form='side_by_side'`` (the default): its learner, BatchNorms
+  folded, beside its coder ``E`` / ``adj(E)``, summed before the last act (the ViT: LayerScale folded);
+  ``deploy_form='merged'``: one stack ``conv -> act -> conv -> act`` (bottleneck: three convs; the ViT:
+  coder and MLP as one ``Linear -> act -> Linear``), the coder carried as extra hidden channels.
 * The transition blocks, the plain baselines' blocks and the ``cifar_resnet*`` residual blocks fold
   their conv -> BN pairs and their downsample projection (``fold_block_batchnorms``); the transitions
   keep their shortcut, they are residual by design (paper, Figure 2).

@@ -23,7 +23,7 @@ The knob defaults are :data:`PNNH_KNOBS` (and :data:`PNNH_BOTTLENECK_KNOBS`), re
 signatures and by the entrypoints.
 
 Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls every block's
-``reparameterize()``: PNNH blocks fold into plain conv stacks, the other blocks fold their BatchNorms
+``reparameterize()``: PNNH blocks fold into plain blocks (``deploy_form``), the other blocks fold their BatchNorms
 (the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import copy
