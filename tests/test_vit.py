@@ -341,3 +341,30 @@ def test_depth12_pnnh_vit_trains_where_plain_vit_does_not():
     assert pnnh_end < 0.5 * pnnh_start  # PNNH at least halves its loss
     assert plain_start - plain_end < 0.25 * (pnnh_start - pnnh_end)  # plain gains less than a quarter of that
     assert abs(pnnh_end - residual_end) < abs(plain_end - pnnh_end)  # PNNH ends nearer the residual net
+
+
+def test_linear_coder_recomputes_its_code_and_saves_what_the_residual_block_saves():
+    """In training the coder keeps only its input (which the block keeps anyway); the gradients are
+    those of the autograd form."""
+    import contextlib
+    from timm_pnnh.bench import _saved_bytes
+    torch.manual_seed(0)
+    pnnh = timm.create_model('pnnh_vit_tiny_patch4_32', depth=2).train()
+    residual = timm.create_model('cifar_vit_tiny_patch4_32', depth=2).train()
+    with torch.no_grad():
+        for name, p in pnnh.named_parameters():
+            if name.endswith(('attn.proj.weight', 'mlp.fc2.weight')):  # undo zero_init_last
+                p.normal_(0, 0.05)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    coders = [m for m in pnnh.modules() if isinstance(m, LinearCoder)]
+    saved, grads = [], []
+    for recompute in (True, False):
+        for coder in coders:
+            coder.recompute = recompute
+        saved.append(_saved_bytes(pnnh, x, y, contextlib.nullcontext()))
+        pnnh.zero_grad()
+        F.cross_entropy(pnnh(x), y).backward()
+        grads.append([p.grad.clone() for p in pnnh.parameters()])
+    assert saved[0] <= _saved_bytes(residual, x, y, contextlib.nullcontext()) < saved[1]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)

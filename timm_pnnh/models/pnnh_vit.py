@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Optional, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import LayerScale, Mlp, get_act_layer
 from timm.models import generate_default_cfgs, register_model
@@ -97,7 +99,14 @@ class LinearCoder(nn.Module):
 
     Both random inits are scaled so that ``E^T act(E x)`` is ``x`` in expectation over E for ReLU and
     GELU (``E[e act(e.x)] = var * x * E[act'] = var * x / 2`` per row, Stein's lemma).
+
+    In training (``recompute`` True) the code is recomputed in backward instead of saved
+    (``torch.utils.checkpoint``): the coder keeps only its input, which the block's LayerNorm or MLP
+    keeps anyway, so a PNNH block saves what timm's residual ``Block`` saves, for one more
+    ``E x`` and ``act`` in backward. Not under ``torch.compile`` (the compiler chooses what to recompute),
+    TorchScript or an fx trace.
     """
+    recompute = True
 
     def __init__(self, dim: int, coder_dim: int, init: str = 'dirac', act_layer: Type[nn.Module] = nn.GELU,
                  device=None, dtype=None):
@@ -133,8 +142,16 @@ class LinearCoder(nn.Module):
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.weight.t())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """``E^T act(E x)``."""
         return self.decode(self.act(self.encode(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript drops this branch
+            if self.recompute and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+                    and not is_fx_symbolic_tracing():
+                return checkpoint(self.code, x, use_reentrant=False)
+        return self.code(x)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[1]} -> {self.weight.shape[0]} -> {self.weight.shape[1]}, init={self.init}'
