@@ -171,6 +171,21 @@ def test_side_by_side_matches_in_both_memory_formats(kwargs, channels_last):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_side_by_side_runs_under_bf16_autocast(channels_last):
+    torch.manual_seed(0)
+    model = timm.create_model('pnnh_resnet20').eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 16, 16)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    deployed = reparameterize_model(model)
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+        ref, out = model(x).float(), deployed(x).float()
+    assert ref.std() > 1e-2
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
 def test_deploy_form_is_checked():
     with pytest.raises(ValueError, match=r"^deploy_form='fused' is not allowed: it must be one of \('side_by_side', 'merged'\)$"):
         timm.create_model('pnnh_resnet20', deploy_form='fused')
