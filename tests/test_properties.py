@@ -52,6 +52,7 @@ def resnet_knobs():
         coder_norm=st.booleans(),
         coder_lr_scale=st.sampled_from([0.01, 0.1, 0.5, 1.0, 0.0, 1.5]),
         coder_sharing=st.sampled_from(pnnh_resnet.CODER_SHARING + ('layer',)),
+        deploy_form=st.sampled_from(pnnh_resnet.DEPLOY_FORMS + ('fused',)),
     )
     assert set(knobs) == set(pnnh_resnet.PNNH_KNOBS)
     return st.fixed_dictionaries({}, optional=knobs)
@@ -65,6 +66,7 @@ def vit_knobs():
         coder_norm=st.booleans(),
         arrangement=st.sampled_from(pnnh_vit.ARRANGEMENTS + ('serial',)),
         zero_init_last=st.booleans(),
+        deploy_form=st.sampled_from(pnnh_vit.DEPLOY_FORMS + ('fused',)),
     )
     assert set(knobs) == set(pnnh_vit.PNNH_VIT_KNOBS)
     return st.fixed_dictionaries({}, optional=knobs)
