@@ -171,8 +171,8 @@ CODERS = {
     'pnnh_resnet': 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution with '
                    'the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
                    'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
-                   'BatchNorms and keeps learner and coder side by side, with no identity term. As in the paper\'s Figure 2, the blocks that change stride or width '
-                   'keep the original residual block.',
+                   'BatchNorms and keeps learner and coder side by side, with no identity term. As in the '
+                   'paper\'s Figure 2, the blocks that change stride or width keep the original residual block.',
     'pnnh_vit': 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) around a '
                 'GELU, in place of the residual stream beside attention and MLP, whose last projections start at '
                 'zero; at deployment LayerScale folds into the projections and no term is the block input.',

@@ -53,6 +53,12 @@ def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a conv of ``weight`` over ``x`` can run as a matrix product over the pixels: a 1x1
+    kernel and a channels_last input."""
+    return weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class _ReluCoder(torch.autograd.Function):
     """A 1x1 coder on a channels_last input runs as matrix products over the pixels (the same
     arithmetic as a 1x1 convolution, without the convolution's per-call overhead, which dominates
@@ -115,12 +121,6 @@ def relu_coder(x: torch.Tensor, weight: torch.Tensor, gain: float = 1.0, padding
     Equal to the autograd form in value and gradient; saves only ``x`` and ``weight`` for backward.
     """
     return _ReluCoder.apply(x, weight, float(gain), padding, dilation)
-
-
-def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a conv of ``weight`` over ``x`` can run as a matrix product over the pixels: a 1x1
-    kernel and a channels_last input."""
-    return weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 @register_notrace_function

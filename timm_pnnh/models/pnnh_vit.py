@@ -186,6 +186,16 @@ def _layer_scale(ls: nn.Module, where: str) -> Optional[torch.Tensor]:
     raise ValueError(f'{where}={type(ls).__name__} cannot fold: only LayerScale or nn.Identity is allowed')
 
 
+@torch.no_grad()
+def _fold_layer_scale_(ls: nn.Module, layer: nn.Linear, where: str) -> None:
+    """Scale ``layer``'s outputs by the LayerScale ``ls`` that follows it, in place (nothing for ``nn.Identity``)."""
+    gamma = _layer_scale(ls, where)
+    if gamma is not None:
+        layer.weight.mul_(gamma[:, None])
+        if layer.bias is not None:
+            layer.bias.mul_(gamma)
+
+
 def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
                       dtype=weight.dtype)
@@ -311,12 +321,9 @@ class PnnhBlock(Block):
         if self.inference_mode:
             return
         if self.deploy_form == 'side_by_side':
-            for ls, layer in ((self.ls1, self.attn.proj), (self.ls2, self.mlp.fc2)):
-                gamma = _layer_scale(ls, 'ls1' if layer is self.attn.proj else 'ls2')
-                if gamma is not None:
-                    layer.weight.mul_(gamma[:, None])
-                    if layer.bias is not None:
-                        layer.bias.mul_(gamma)
+            _layer_scale(self.ls2, 'ls2')  # raises before anything changes
+            _fold_layer_scale_(self.ls1, self.attn.proj, 'ls1')
+            _fold_layer_scale_(self.ls2, self.mlp.fc2, 'ls2')
             self.ls1 = self.ls2 = self.drop_path1 = self.drop_path2 = nn.Identity()
             self.inference_mode = True
             return
@@ -325,7 +332,8 @@ class PnnhBlock(Block):
                 or not isinstance(mlp.norm, nn.Identity):
             raise ValueError(f'mlp={type(mlp).__name__} cannot fold with the coder: only timm\'s Mlp with Linear '
                              'layers and no hidden norm (scale_mlp_norm=False) is allowed')
-        gamma1, gamma2 = _layer_scale(self.ls1, 'ls1'), _layer_scale(self.ls2, 'ls2')
+        _layer_scale(self.ls1, 'ls1')  # raises before anything changes
+        gamma2 = _layer_scale(self.ls2, 'ls2')
         coder = self.coder2 if self.sequential else self.coder
         enc = coder.weight
         coder_dim, dim = enc.shape
@@ -343,11 +351,7 @@ class PnnhBlock(Block):
         act = mlp.act if _same_act(coder.act, mlp.act) else SplitAct(coder.act, mlp.act, coder_dim)
         fused = nn.Sequential(OrderedDict(
             fc1=_linear(fc1_w, fc1_b), act=act, fc2=_linear(torch.cat([enc.t(), w2], 1), b2)))
-        if gamma1 is not None:
-            proj = self.attn.proj
-            proj.weight.mul_(gamma1[:, None])
-            if proj.bias is not None:
-                proj.bias.mul_(gamma1)
+        _fold_layer_scale_(self.ls1, self.attn.proj, 'ls1')
         self.mlp = fused
         self.ls1 = self.ls2 = self.drop_path1 = self.drop_path2 = nn.Identity()
         if self.sequential:
