@@ -45,6 +45,51 @@ def test_training_is_seeded_and_learns():
         'pnnh_resnet20', num_classes=2, in_chans=1).parameters())
 
 
+def _two_class_task(n=64):
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    return torch.randn(n, 1, 16, 16, generator=gen) * 0.5 + labels[:, None, None, None].float(), labels
+
+
+def test_a_stopped_run_continues_from_its_saved_state_to_the_same_end(tmp_path):
+    """Stopped after step 3 of 6 (state saved after step 2), the run continues from step 2 and ends with
+    the same weights, curve and accuracy as the run that was never stopped; the state file is never half written."""
+    images, labels = _two_class_task()
+    recipe = Recipe(steps=6, batch_size=16, lr=0.05)
+    run = dict(train=(images, labels), test=(images[:32], labels[:32]), recipe=recipe, seed=1, eval_every=2)
+    trained = {}
+    straight = train_and_evaluate('pnnh_resnet20', **run, on_trained=lambda m: trained.update(straight=m.state_dict()))
+
+    state = tmp_path / 'run.state'
+
+    def stop_after_step_3(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate('pnnh_resnet20', **run, checkpoint=state, progress=stop_after_step_3)
+    assert [p.name for p in tmp_path.iterdir()] == ['run.state']
+    steps = []
+    resumed = train_and_evaluate('pnnh_resnet20', **run, checkpoint=state, progress=lambda step, loss: steps.append(step),
+                                 on_trained=lambda m: trained.update(resumed=m.state_dict()))
+    assert steps == [2, 3, 4, 5] and resumed.resumed_step == 2 and straight.resumed_step is None
+    assert resumed.curve == straight.curve and resumed.test_acc == straight.test_acc
+    assert resumed.final_train_loss == straight.final_train_loss
+    for name, tensor in trained['straight'].items():
+        assert torch.equal(tensor, trained['resumed'][name]), name
+
+    # a state of another run (another seed) is not continued from: that run starts at step 0
+    steps.clear()
+    train_and_evaluate('pnnh_resnet20', **dict(run, seed=2), checkpoint=state, progress=lambda step, loss: steps.append(step))
+    assert steps[0] == 0
+    state.write_bytes(b'cut off')
+    steps.clear()
+    train_and_evaluate('pnnh_resnet20', **run, checkpoint=state, progress=lambda step, loss: steps.append(step))
+    assert steps[0] == 0
+    with pytest.raises(ValueError, match='checkpoint=.* is not allowed with eval_every=0'):
+        train_and_evaluate('pnnh_resnet20', **dict(run, eval_every=0), checkpoint=state)
+
+
 @pytest.mark.parametrize('field, value', [('steps', 0), ('batch_size', -1), ('lr', float('nan')),
                                           ('warmup_fraction', 1.0)])
 def test_recipe_rejects_bad_values(field, value):

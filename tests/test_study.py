@@ -275,6 +275,38 @@ def test_unreadable_records_are_run_again(fake_fashion_mnist, tmp_path):
         assert again['test_acc'] == first['test_acc'] and json.loads(path.read_text())['test_acc'] == first['test_acc']
 
 
+def test_a_stopped_run_of_an_epoch_preset_continues_from_its_last_epoch(fake_fashion_mnist, tmp_path, monkeypatch):
+    """Stopped in its second epoch, a run keeps the state saved after its first (a hidden file beside the
+    records, not a record); the rerun continues from there, ends as a run never stopped does, and removes it."""
+    preset = study.resolve_preset(_args(preset='converged-cpu', depths=[20], seeds=[0], epochs=2, batch_size=32,
+                                        train_size=64, test_size=32, diag_batch=8))
+    rows = study.preset_rows(preset)[:1]
+    loaded = study.load_data(preset, fake_fashion_mnist)
+    out = tmp_path / 'out'
+    real = training.train_and_evaluate
+
+    def stopped_in_epoch_2(*args, progress=None, **kwargs):
+        def stop(step, loss):
+            if step == preset.steps_per_epoch:
+                raise KeyboardInterrupt
+        return real(*args, progress=stop, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs.training, 'train_and_evaluate', stopped_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            study.sweep(rows, preset, loaded, out, log=lambda m: None)
+    kept = [p.name for p in (out / 'runs').iterdir()]
+    assert len(kept) == 1 and re.fullmatch(r'\.plain-20-seed0\.[0-9a-f]{16}\.state', kept[0]), kept
+    messages = []
+    record = study.sweep(rows, preset, loaded, out, log=messages.append)[0]
+    assert any('continuing from the training state saved after its last finished epoch' in m for m in messages)
+    assert record['resumed_step'] == preset.steps_per_epoch
+    assert [p.name for p in (out / 'runs').iterdir()] == ['plain-20-seed0.json']
+    never_stopped = study.sweep(rows, preset, loaded, tmp_path / 'again', log=lambda m: None)[0]
+    assert never_stopped['resumed_step'] is None
+    assert record['curve'] == never_stopped['curve'] and record['test_acc'] == never_stopped['test_acc']
+
+
 def test_a_diverging_run_is_recorded_not_fatal(fake_fashion_mnist, tmp_path):
     from dataclasses import replace
     preset = _tiny_preset(steps=6)

@@ -10,6 +10,8 @@ runs on real datasets use timm's own train.py (``timm-pnnh run train.py``).
 """
 import logging
 import math
+import os
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -20,6 +22,8 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import accuracy
+
+from timm_pnnh.files import atomic_write
 
 _logger = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class RunResult:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     curve: List[Dict[str, float]] = field(default_factory=list)  # test accuracy every ``eval_every`` steps
     diverged_step: Optional[int] = None  # the first step whose loss was not finite
+    resumed_step: Optional[int] = None  # the step a saved training state was continued from
+    earlier_seconds: float = 0.0  # wall time spent on the steps before ``resumed_step``, by an earlier process
 
 
 @torch.no_grad()
@@ -112,6 +118,7 @@ def train_and_evaluate(
         on_trained: Optional[Callable[[torch.nn.Module], None]] = None,
         eval_every: int = 0,
         device: str = 'cpu',
+        checkpoint: Optional[os.PathLike] = None,
 ) -> RunResult:
     """Train ``model_name`` on ``train = (images, labels)`` with ``recipe``; score it on ``test``.
 
@@ -123,10 +130,20 @@ def train_and_evaluate(
     point is the final score). A loss that is not finite stops the run: ``diverged_step`` names the
     step and the test accuracy is that of the model at that point. Speed is not measured here
     (``timm_pnnh.bench`` times models side by side).
+
+    With ``checkpoint=PATH`` (and ``eval_every``) the run's whole state (model, optimizer, scheduler,
+    batch order, random state, curve) is written to PATH, atomically, at every curve point; a run that
+    finds there the state of the same run (model, model arguments, seed, recipe, training-set size,
+    ``eval_every``) continues from it and ends as the uninterrupted run would. A state of another run
+    is ignored (and overwritten at the next curve point). Removing PATH once the result is stored is
+    the caller's job.
     """
     recipe = recipe or Recipe()
     if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f'eval_every={eval_every!r} is not allowed: it must be an integer >= 0 (0: only at the end)')
+    if checkpoint is not None and not eval_every:
+        raise ValueError(f'checkpoint={str(checkpoint)!r} is not allowed with eval_every=0: the state is written at '
+                         f'every curve point, so it needs eval_every >= 1')
     dev = torch.device(device)
     images, labels = train
     model_kwargs = dict(model_kwargs or {})
@@ -149,7 +166,22 @@ def train_and_evaluate(
     loss = torch.tensor(float('nan'))
     curve: List[Dict[str, float]] = []
     diverged_step = None
-    for step in range(recipe.steps):
+    identity = dict(model=model_name, model_kwargs=model_kwargs, seed=seed, recipe=asdict(recipe),
+                    train_size=len(images), eval_every=eval_every)
+    start, earlier_seconds, tic = 0, 0.0, time.perf_counter()
+    state = _read_state(checkpoint, identity) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        generator.set_state(state['generator'])
+        torch.set_rng_state(state['rng'])
+        if dev.type == 'cuda':
+            torch.cuda.set_rng_state(state['cuda_rng'], dev)
+        order, position, start, curve = state['order'], state['position'], state['step'], state['curve']
+        earlier_seconds = state['seconds']
+        _logger.info('%s seed %d: continuing from step %d (%s)', model_name, seed, start, checkpoint)
+    for step in range(start, recipe.steps):
         if position + recipe.batch_size > len(images):  # a new epoch: a new order, the remainder dropped
             order = torch.randperm(len(images), generator=generator)
             position = 0
@@ -171,6 +203,14 @@ def train_and_evaluate(
             curve.append(dict(step=step + 1, test_acc=evaluate(model, *test, recipe.eval_batch_size, recipe),
                               train_loss=loss.item()))
             model.train()
+            if checkpoint is not None:
+                state = dict(identity=identity, step=step + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), generator=generator.get_state(), rng=torch.get_rng_state(),
+                             order=order, position=position, curve=curve,
+                             seconds=earlier_seconds + time.perf_counter() - tic)
+                if dev.type == 'cuda':
+                    state['cuda_rng'] = torch.cuda.get_rng_state(dev)
+                atomic_write(checkpoint, lambda f: torch.save(state, f), binary=True)
     test_acc = evaluate(model, *test, recipe.eval_batch_size, recipe)
     if eval_every:
         curve.append(dict(step=step + 1 if diverged_step is None else diverged_step, test_acc=test_acc,
@@ -181,4 +221,19 @@ def train_and_evaluate(
         model=model_name, seed=seed, params=sum(p.numel() for p in model.parameters()), test_acc=test_acc,
         final_train_loss=loss.item(),
         recipe=asdict(recipe), model_kwargs={k: v for k, v in model_kwargs.items()}, curve=curve,
-        diverged_step=diverged_step)
+        diverged_step=diverged_step, resumed_step=start or None, earlier_seconds=earlier_seconds)
+
+
+def _read_state(path: os.PathLike, identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The training state at ``path`` when it is one of the run ``identity`` names; None otherwise."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # cut off or not a state file: the run starts over
+        _logger.warning('%s is not a training state (%s); starting from step 0', path, err)
+        return None
+    if not isinstance(state, dict) or state.get('identity') != identity:
+        _logger.warning('%s holds the state of another run; starting from step 0', path)
+        return None
+    return state

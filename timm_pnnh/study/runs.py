@@ -57,8 +57,9 @@ def load_data(preset: Preset, data_dir=None, data_seed: int = 0) -> Data:
                 f'retention on {source}')
 
 
-def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
-    """Train and measure one (model, seed); return its record."""
+def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoint: Optional[Path] = None) -> Dict:
+    """Train and measure one (model, seed); return its record. With ``checkpoint`` (presets that count
+    epochs) the training state is kept there after every epoch and a stopped run continues from it."""
     kwargs = dict(row.kwargs, num_classes=10, in_chans=data.train[0].shape[1])
     tic = time.perf_counter()
     torch.manual_seed(seed)  # the same initialisation train_and_evaluate builds
@@ -79,7 +80,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
 
     result = training.train_and_evaluate(row.model, data.train, data.test, row_recipe(row, preset), seed=seed, model_kwargs=kwargs,
                                          progress=progress, on_trained=on_trained, device=preset.device,
-                                         eval_every=preset.steps_per_epoch or 0)
+                                         eval_every=preset.steps_per_epoch or 0, checkpoint=checkpoint)
     if preset.epochs:
         for point in result.curve:
             point['epoch'] = point['step'] / preset.steps_per_epoch
@@ -92,7 +93,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print) -> Dict:
                 final_train_loss=result.final_train_loss,
                 diverged_step=result.diverged_step, curve=result.curve,
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
-                seconds=time.perf_counter() - tic)
+                seconds=time.perf_counter() - tic + result.earlier_seconds, resumed_step=result.resumed_step)
 
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
@@ -163,9 +164,14 @@ def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bo
                 pending.append(f'{row.label} seed {seed}')
             continue
         log(f'[{i}/{len(todo)}] {row.label} seed {seed} ({row.model}{" " + knob_label(row.kwargs) if row.kwargs else ""})')
-        record = run_one(row, seed, preset, data, log)
+        state = runs_dir / f'.{run_key(row, seed)}.{digest}.state' if preset.epochs else None
+        if state is not None and state.is_file():
+            log(f'    continuing from the training state saved after its last finished epoch ({state.name})')
+        record = run_one(row, seed, preset, data, log, checkpoint=state)
         record.update(settings=settings, settings_digest=digest)
         write_json(path, record)
+        if state is not None:
+            state.unlink(missing_ok=True)
         log(f'    test acc {record["test_acc"]:.2f}%  '
             f'R^2 deepest block {record["retention_init"][-1]["r2"]:.2f} (init) -> {record["retention_trained"][-1]["r2"]:.2f}')
         records.append(record)
