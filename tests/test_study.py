@@ -170,6 +170,20 @@ def test_report_verdicts_are_computed_from_the_numbers(small_study):
     assert 'residual-56 (90.23 +- 0.25), less accurate: none reaches it' in report.front_table(changed['summary'])
 
 
+def test_the_headline_says_the_answer_from_the_numbers(small_study):
+    text = report.headline(small_study)
+    assert text.startswith('**In short:** pnnh-20 vs residual-20: -0.2 +- 0.1 points, on par within 2 std; '
+                           'pnnh-56 vs residual-56: -0.5 +- 0.1 points, worse by more than 2 std; ')
+    assert ('a PNNH row is ahead of the residual rows of its accuracy on parameters and training images/s (best PNNH '
+            'advantage: 1.99x on parameters, 1.17x on training images/s, 0.93x on deployed images/s, all by pnnh-56 '
+            'learner_ratio=0.5).') in text
+    slower = copy.deepcopy(small_study)
+    slower['summary'][6].update(params=900_000, train_img_s=100)
+    text = report.headline(slower)
+    assert 'no PNNH row is ahead of the residual rows of its accuracy on any axis' in text
+    assert text in report.results_markdown(slower, None).split('\n')[0]
+
+
 def test_report_writes_the_readme_section_atomically(small_study, tmp_path, capsys, usage_error):
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'study.json').write_text(json.dumps(small_study))
