@@ -85,6 +85,13 @@ def test_relu_coder_gradcheck(kernel_size, dilation, gain, memory_format):
     want = F.conv_transpose2d(F.relu(F.conv2d(x, kernel, None, 1, padding, dilation)), kernel, None, 1, padding,
                               0, 1, dilation)
     torch.testing.assert_close(relu_coder(x, weight, gain, padding, dilation), want)
+    # the gradients to fp64 rounding, not only to gradcheck's finite-difference tolerance
+    upstream = torch.randn_like(want)
+    got = torch.autograd.grad(relu_coder(x, weight, gain, padding, dilation), (x, weight), upstream)
+    expected = torch.autograd.grad(want, (x, weight), upstream)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
 def saved_feature_maps(module, x):

@@ -62,11 +62,13 @@ def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _sum_of_products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, batch: int) -> torch.Tensor:
     """``a.t() @ b + c.t() @ d`` for (pixels, channels) matrices: a weight gradient, a reduction over every
-    pixel of the batch. Computed in up to 16 slices of the batch (one batched product, then a sum in fp32):
+    pixel of the batch. Computed in up to 16 slices of the batch (one batched product, then a sum in fp32,
+    or fp64 for fp64 maps):
     one C x C product over all the pixels runs on one thread, and in bf16 at about half the fp32 speed."""
     slices = math.gcd(batch, 16)
     a, b, c, d = (t.reshape(slices, -1, t.shape[-1]) for t in (a, b, c, d))
-    return torch.baddbmm(torch.bmm(a.transpose(1, 2), b), c.transpose(1, 2), d).sum(0, dtype=torch.float32)
+    slice_sums = torch.baddbmm(torch.bmm(a.transpose(1, 2), b), c.transpose(1, 2), d)
+    return slice_sums.sum(0, dtype=torch.promote_types(slice_sums.dtype, torch.float32))
 
 
 class _ReluCoder(torch.autograd.Function):
