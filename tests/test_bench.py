@@ -20,6 +20,9 @@ def test_bench_prints_ratios_and_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report['config']['reference'] == 'cifar_resnet20'
     assert report['config']['batch_size'] == 2 and report['config']['img_size'] == 32
+    # the CPU by name and by the vector instructions torch uses on it (bf16 speed depends on them)
+    assert report['config']['device_name'].endswith(', ' + bench.torch.backends.cpu.get_cpu_capability())
+    assert f"({report['config']['device_name']}, " in printed
     pnnh, resnet = report['results']['pnnh_resnet20'], report['results']['cifar_resnet20']
     for key in ('train_img_s', 'infer_img_s', 'deploy_img_s', 'saved_mb', 'gflops', 'params_m'):
         assert pnnh[key] > 0 and resnet[key] > 0

@@ -458,6 +458,27 @@ def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, mo
     assert 'has 0.0 MiB free; the study needs about 7 MiB for 6 run records' in message and calls == []
 
 
+@pytest.mark.parametrize('native', [False, True])
+def test_a_bf16_preset_on_a_cpu_that_emulates_bf16_is_refused_unless_asked_for(native, fake_fashion_mnist, tmp_path,
+                                                                              monkeypatch, usage_error):
+    """long-cpu's bf16 autocast, emulated on a CPU without AVX-512 or AMX, trains many times slower than fp32:
+    the preset is refused there before anything runs, and runs when bf16 is native or asked for by name."""
+    import torch
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: native)
+    calls = []
+    monkeypatch.setattr(runs, 'run_one', lambda *a, **k: calls.append(a[2].recipe.amp) or 1 / 0)
+    argv = ['study', '--preset', 'long-cpu', '--data-dir', fake_fashion_mnist, '--out', tmp_path / 'study',
+            '--train-size', '128', '--test-size', '32', '--diag-batch', '8']
+    if not native:
+        message = usage_error(argv)
+        assert message.startswith('--preset=long-cpu trains with amp=bf16, which this CPU only emulates')
+        assert '--amp bf16 to run it anyway' in message and calls == [] and not (tmp_path / 'study').exists()
+        argv += ['--amp', 'bf16']
+    with pytest.raises(ZeroDivisionError):  # training started: the stand-in for run_one stops it there
+        main([str(a) for a in argv])
+    assert calls == ['bf16']
+
+
 def test_finished_only_trains_nothing_and_reports_the_pending_runs(fake_fashion_mnist, tmp_path, capsys):
     """A study over several sittings: --finished-only summarizes, times and reports the finished runs and
     names the rest, without training them; the same command without the flag then trains only the rest."""

@@ -64,6 +64,17 @@ METRICS = (
 )
 
 
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo, else ``platform``) and the vector instructions torch runs on it,
+    e.g. ``'AMD EPYC, AVX2'``: timings and bf16 speed depend on both, and machines differ between runs."""
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{name}, {torch.backends.cpu.get_cpu_capability()}'
+
 def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f'{name}={value!r} is not allowed: it must be a positive integer')
@@ -280,7 +291,7 @@ def benchmark(
                           'infer_img_s': results[reference]['gflops'] / r['gflops'],
                           'deploy_img_s': results[reference]['deploy_gflops'] / r['deploy_gflops']} for name, r in results.items()}
     config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
-                  device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (platform.processor() or platform.machine()),
+                  device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name(),
                   channels_last=channels_last, amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
                   threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))

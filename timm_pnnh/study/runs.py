@@ -15,7 +15,7 @@ import timm
 import torch
 
 from timm_pnnh import training
-from timm_pnnh.bench import benchmark, model_spec
+from timm_pnnh.bench import benchmark, cpu_name, model_spec
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, retention
 from timm_pnnh.errors import UsageError
@@ -93,7 +93,8 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoi
                 final_train_loss=result.final_train_loss,
                 diverged_step=result.diverged_step, curve=result.curve,
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
-                seconds=time.perf_counter() - tic + result.earlier_seconds, resumed_step=result.resumed_step)
+                seconds=time.perf_counter() - tic + result.earlier_seconds, resumed_step=result.resumed_step,
+                cpu=cpu_name())  # the machine that finished it (seconds and bf16 speed depend on it)
 
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
@@ -217,13 +218,8 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
 
 
 def hardware(device: str = 'cpu') -> Dict[str, Any]:
-    cpu = platform.processor() or ''
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
     dev = torch.device(device)
-    return dict(cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(dev),
+    return dict(cpu=cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=str(dev),
                 gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
                 python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                 platform=platform.platform())
