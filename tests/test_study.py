@@ -251,7 +251,8 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     labels = [s['label'] for s in result['summary']]
     assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2',
                       'pnnh-20 coder_ratio=0.5 learner_ratio=0.5', 'pnnh-20 coder_ratio=0.5 learner_ratio=0.5 coder_sharing=stage',
-                      'pnnh-20 coder_ratio=0.25 learner_ratio=0.25', 'residual-20 block_reduce_first=4']
+                      'pnnh-20 coder_ratio=0.25 learner_ratio=0.25', 'residual-20 block_reduce_first=4',
+                      'pnnh-20 learner_ratio=0.25']
     assert result['recipe']['steps'] == 4 and result['epochs'] == 2 and result['recipe']['channels_last'] is True
     for s in result['summary']:
         assert [p['epoch'] for p in s['epochs']] == [1.0, 2.0] and s['epochs'][-1]['acc_mean'] == s['acc_mean']
@@ -266,7 +267,7 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert all((out / p).read_bytes().startswith(b'\x89PNG') for p in result['plots'])
     assert main(argv) == 0
     again = capsys.readouterr().out
-    assert again.count('finished earlier, reused') == 18 and 'speed: measured earlier, reused' in again
+    assert again.count('finished earlier, reused') == 20 and 'speed: measured earlier, reused' in again
     assert main(['report', '--from', str(out / 'study.json')]) == 0
     text = capsys.readouterr().out
     assert 'Test accuracy after each epoch' in text and '| PNNH row | axis |' in text

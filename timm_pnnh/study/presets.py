@@ -62,8 +62,9 @@ SPLIT_VARIANTS = (
     ('pnnh', (('coder_ratio', 0.25), ('learner_ratio', 0.25))),
     ('residual', (('block_reduce_first', 4),)),
 )
-CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + (
-    ('pnnh', (('learner_ratio', 0.25),)),
+# the quarter-width learner with the full coder: the quarter split's size with the whole coder
+QUARTER_LEARNER_VARIANTS = (('pnnh', (('learner_ratio', 0.25),)),)
+CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + QUARTER_LEARNER_VARIANTS + (
     ('pnnh', (('coder_sharing', 'stage'),)),
 )
 # the rows that decide, on a longer schedule: the residual net, PNNH at its defaults, and the split-width
@@ -120,7 +121,7 @@ PRESETS = {
     # the rows that decide the claims, at depth 56, on 2 CPU cores (fp32: the recipe its first rows ran with)
     'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
                             train_size=60000, test_size=None, diag_batch=256, epochs=3,
-                            variants=DECIDING_VARIANTS + SPLIT_VARIANTS),
+                            variants=DECIDING_VARIANTS + SPLIT_VARIANTS + QUARTER_LEARNER_VARIANTS),
     # the deciding rows for 10 epochs on 2 CPU cores, with bf16 autocast (faster than fp32 on a CPU with
     # bf16 matrix units: docs/study.md has the measurement, and the paired check that it learns the same)
     'long-cpu': Preset('long-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(56,), seeds=(0, 1),
