@@ -36,7 +36,8 @@ def test_the_note_says_what_agrees_with_the_converged_study():
     assert lines[1:] == [
         '- agrees: plain-56 vs plain-20 -39.6 +- 17.9 points: the plain net fails with depth '
         '(converged: plain-56 6.8 points behind residual-56).',
-        '- agrees: pnnh-56 vs residual-56 +0.8 +- 0.4 points: on par, within 1 point (converged: PNNH 0.4 points behind).',
+        '- agrees: pnnh-56 vs residual-56 +0.8 +- 0.4 points: on par, within 1 point (converged: PNNH 0.4 +- 0.1 points '
+        'behind, more than 2 std).',
         '- agrees: input retention at init, R^2 of the deepest block: plain-56 0.08, residual-56 0.70, pnnh-56 0.70: '
         'the plain net loses the input (converged: 0.10 / 0.70 / 0.70).',
         '- agrees: plain-20 vs residual-20 -0.3 +- 0.2 points: the plain net is not ahead '
@@ -52,7 +53,7 @@ def test_the_note_says_where_the_short_schedule_disagrees_and_why():
     assert lines[0] == ('- disagrees: plain-56 vs plain-20 +0.5 +- 0.2 points: 120 steps do not show the plain net failing '
                         'with depth; the converged study does (plain-56 6.8 points behind residual-56).')
     assert lines[1] == ('- disagrees: pnnh-56 vs residual-56 -10.7 +- 1.3 points: 120 steps leave PNNH behind by more than '
-                        '1 point and 2 std; the converged study has it 0.4 points behind.')
+                        '1 point and 2 std; the converged study has PNNH 0.4 +- 0.1 points behind, more than 2 std.')
     assert lines[2].startswith('- disagrees: input retention at init') and 'the plain net is not 0.05 below both' in lines[2]
     assert lines[3] == ('- disagrees: plain-20 vs residual-20 +7.2 +- 1.4 points: 120 steps favour the shallow plain net; '
                         'the converged study trains 3 epochs, where plain-56 leads residual-56 after the first '
@@ -78,6 +79,9 @@ def test_the_converged_reference_is_the_converged_studys_numbers():
         assert row['epochs'][0]['epoch'] == 1 and row['epochs'][0]['acc_mean'] == pytest.approx(expected['first'], abs=0.005)
         assert row['acc_mean'] == pytest.approx(expected['last'], abs=0.005)
         assert row['retention_init'][-1]['r2'] == pytest.approx(expected['r2_init'], abs=0.005)
+    mean, std, _ = summary.paired(rows['pnnh'], rows['residual'])
+    assert (mean, std) == (pytest.approx(summary.CONVERGED_PNNH_GAP['mean'], abs=0.005),
+                           pytest.approx(summary.CONVERGED_PNNH_GAP['std'], abs=0.005))
 
 
 def _args(**overrides):
