@@ -64,7 +64,6 @@ METRICS = (
 )
 
 
-
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo, else ``platform``) and the vector instructions torch runs on it,
     e.g. ``'AMD EPYC, AVX2'``: timings and bf16 speed depend on both, and machines differ between runs."""
@@ -74,6 +73,7 @@ def cpu_name() -> str:
     except (OSError, StopIteration):
         pass
     return f'{name}, {torch.backends.cpu.get_cpu_capability()}'
+
 
 def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

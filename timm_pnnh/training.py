@@ -36,13 +36,11 @@ def autocast(device: torch.device, amp: Optional[str]):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
 
 
-def native_bf16(device: torch.device) -> bool:
-    """True when ``device`` computes bf16 natively: a CUDA device that supports it, or a CPU whose oneDNN
-    has bf16 kernels (AVX-512 or AMX on x86, the bf16 extension on Arm). Elsewhere bf16 autocast is
-    emulated, and a training step of the study's nets ran 13x to 14x slower than fp32 (docs/study.md)."""
-    if device.type == 'cuda':
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device.type == 'cpu' and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU's oneDNN has bf16 kernels (AVX-512 or AMX on x86, the bf16 extension on Arm).
+    Elsewhere bf16 autocast is emulated, and a training step of the study's nets ran 13x to 14x slower
+    than fp32 (docs/study.md)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass

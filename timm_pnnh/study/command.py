@@ -17,7 +17,7 @@ from timm_pnnh.study.plots import write_plots
 from timm_pnnh.study.presets import PRESETS, Preset, _epochs, preset_rows, resolve_preset
 from timm_pnnh.study.runs import check_output, hardware, load_data, measure_speed, sweep
 from timm_pnnh.study.summary import epochs_table, quick_note, study_table, summarize
-from timm_pnnh.training import native_bf16
+from timm_pnnh.training import cpu_has_native_bf16
 
 
 def check_arguments(args) -> None:
@@ -37,9 +37,9 @@ def check_arguments(args) -> None:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
-    device = torch.device(preset.device)
     computes = not (args.finished_only and args.speed_repeats == 0)  # trains or times the nets
-    if preset.recipe.amp == 'bf16' and args.amp is None and computes and device.type == 'cpu' and not native_bf16(device):
+    on_cpu = torch.device(preset.device).type == 'cpu'
+    if preset.recipe.amp == 'bf16' and args.amp is None and computes and on_cpu and not cpu_has_native_bf16():
         raise UsageError(f'--preset={args.preset} trains with amp=bf16, which this CPU only emulates (torch CPU capability '
                          f'{torch.backends.cpu.get_cpu_capability()}, no AVX-512 or AMX), many times slower than fp32; '
                          f'run it on a CPU with native bf16, or pass --amp bf16 to run it anyway, or --amp fp32 for a '
