@@ -138,6 +138,24 @@ def test_timing_ratios_are_the_median_of_paired_ratios(monkeypatch):
         assert report['ratios']['pnnh_resnet20'][key] == pytest.approx(2 / 3)
 
 
+def test_training_flops_count_forward_and_backward():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x, y = torch.randn(3, 8), torch.tensor([0, 1, 1])
+    # per image: forward 2*8*4 + 2*4*2; backward: the second layer's input and weight gradients (2*4*2
+    # each), the first layer's weight gradient (2*8*4; the input needs none); counted on 2 of the 3 images
+    assert bench.train_flops_per_image(model, x, y) == pytest.approx((64 + 16 + 16 + 16 + 64) / 1e9)
+    assert all(p.grad is None for p in model.parameters())
+    # the PNNH coder recomputes its code in backward: one more C -> C_c product per block than a
+    # residual block's 3x of the forward
+    pnnh, residual = (bench.timm.create_model(name).to(memory_format=torch.channels_last)
+                      for name in ('pnnh_resnet20', 'cifar_resnet20'))
+    image = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    forward = {m: bench.flops_per_image(m.eval(), image) for m in (pnnh, residual)}
+    train = {m: bench.train_flops_per_image(m.train(), image, torch.tensor([0, 1])) for m in (pnnh, residual)}
+    assert train[residual] < 3 * forward[residual]  # the stem needs no input gradient
+    assert train[pnnh] - 3 * forward[pnnh] > train[residual] - 3 * forward[residual]
+
+
 def test_the_table_shows_the_spread_and_the_ratio_the_flops_allow(tmp_path):
     page = tmp_path / 'speed.md'
     page.write_text('before\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n')
@@ -149,7 +167,7 @@ def test_the_table_shows_the_spread_and_the_ratio_the_flops_allow(tmp_path):
     assert 'old' not in text
     report = bench.benchmark(['pnnh_resnet20', 'cifar_resnet20'], batch_size=2, img_size=8, repeats=2, steps=1, warmup=0)
     pnnh, residual = report['results']['pnnh_resnet20'], report['results']['cifar_resnet20']
-    assert report['flop_limits']['pnnh_resnet20']['train_img_s'] == pytest.approx(residual['gflops'] / pnnh['gflops'])
+    assert report['flop_limits']['pnnh_resnet20']['train_img_s'] == pytest.approx(residual['train_gflops'] / pnnh['train_gflops'])
     assert report['flop_limits']['pnnh_resnet20']['deploy_img_s'] == pytest.approx(
         residual['deploy_gflops'] / pnnh['deploy_gflops'])
     # the deployed form keeps the coder beside the learner: about the training form's arithmetic

@@ -8,7 +8,8 @@ baselines, timm's own ``resnet34`` ...):
 * ``params_m``: parameters (millions) of the training form; ``deploy_params_m`` of the deployed form
   (below).
 * ``gflops`` / ``deploy_gflops``: forward FLOPs per image (``torch.utils.flop_counter``; a
-  multiply-add counts as 2), eval mode.
+  multiply-add counts as 2), eval mode. ``train_gflops``: FLOPs per image of a training step's forward,
+  cross-entropy and backward, whatever backward computes (a PNNH coder's recomputed code included).
 * ``train_img_s``: training steps (forward, cross-entropy, backward, timm SGD step) per second times
   the batch size.
 * ``infer_img_s``: eval-mode forward under ``no_grad``; ``deploy_img_s``: the same for the
@@ -48,7 +49,7 @@ from timm_pnnh.files import check_markers, markdown_table as write_table, write_
 from timm_pnnh.reparam import fold_batchnorms
 from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
-__all__ = ['benchmark', 'bench_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image']
+__all__ = ['benchmark', 'bench_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image', 'train_flops_per_image']
 
 # (key, label, higher is better)
 METRICS = (
@@ -56,6 +57,7 @@ METRICS = (
     ('deploy_params_m', 'params deployed (M)', False),
     ('gflops', 'GFLOPs / image', False),
     ('deploy_gflops', 'GFLOPs / image deployed', False),
+    ('train_gflops', 'GFLOPs / image training step', False),
     ('train_img_s', 'train images/s', True),
     ('infer_img_s', 'eval images/s', True),
     ('deploy_img_s', 'deployed images/s', True),
@@ -137,6 +139,15 @@ def flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x[:1])
     return counter.get_total_flops() / 1e9
+
+
+def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """GFLOPs per image of a training step's forward, cross-entropy and backward on the first two images
+    of ``x`` (one if it has one); leaves no gradient behind."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x[:2]), y[:2]).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9 / len(x[:2])
 
 
 def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> int:
@@ -226,6 +237,7 @@ def benchmark(
         results[e.name] = {'params_m': sum(p.numel() for p in e.model.parameters()) / 1e6,
                            'gflops': flops_per_image(e.model, e.x)}
         e.model.train()
+        results[e.name]['train_gflops'] = train_flops_per_image(e.model, e.x, e.y)
         results[e.name]['saved_mb'] = _saved_bytes(e.model, e.x, e.y, autocast()) / 2 ** 20
 
     def train_step(e: _Entry) -> None:
@@ -286,8 +298,9 @@ def benchmark(
     for name, r in results.items():  # timings: the median of the ratios within each repeat (paired)
         for key in entries[0].times:
             ratios[name][key] = statistics.median(a / b for a, b in zip(r[key + '_runs'], results[reference][key + '_runs']))
-    # what time would be if it followed arithmetic: the reference's FLOPs over the model's
-    flop_limits = {name: {'train_img_s': results[reference]['gflops'] / r['gflops'],
+    # what time would be if it followed arithmetic: the reference's FLOPs over the model's (a training step's
+    # for training)
+    flop_limits = {name: {'train_img_s': results[reference]['train_gflops'] / r['train_gflops'],
                           'infer_img_s': results[reference]['gflops'] / r['gflops'],
                           'deploy_img_s': results[reference]['deploy_gflops'] / r['deploy_gflops']} for name, r in results.items()}
     config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
