@@ -184,6 +184,35 @@ def test_the_headline_says_the_answer_from_the_numbers(small_study):
     assert text in report.results_markdown(slower, None).split('\n')[0]
 
 
+def test_a_smaller_but_less_accurate_pnnh_row_is_a_trade_not_ahead(small_study):
+    """A PNNH row with fewer parameters than residual-56 but less accurate beyond 2 std, with no residual row
+    of its size: the only residual rows that reach its accuracy spend their extra parameters on accuracy,
+    so the study cannot say it is ahead; once a residual control of its size reaches it, it can."""
+    traded = copy.deepcopy(small_study)
+    traded['summary'] = [r for r in traded['summary'] if r['depth'] == 56]
+    traded['summary'][3].update(test_accs=[89.0, 89.4, 89.2], acc_mean=89.2, acc_std=0.2)  # -1.0 +- 0.1 vs residual-56
+    front = {f['key']: f for f in report.front_rows(traded['summary']) if f['pnnh']['label'] == 'pnnh-56 learner_ratio=0.5'}
+    assert front['params']['traded'] and front['params']['ratio'] == pytest.approx(856 / 430)
+    assert not front['deploy_img_s']['traded'] and front['deploy_img_s']['ratio'] < 1  # slower too: behind, no trade
+    assert ('| pnnh-56 learner_ratio=0.5 (89.20 +- 0.20) | Parameters at equal accuracy | residual-56 (90.23 +- 0.25), '
+            'more accurate beyond 2 std: a trade, not equal accuracy | -1.0 +- 0.1 | 1.99x |') in report.front_table(traded['summary'])
+    undecided = ('pnnh-56 learner_ratio=0.5: smaller or faster than every residual row that reaches its accuracy, but '
+                 'less accurate beyond 2 std, so undecided without a residual row of its size')
+    text = report.headline(traded)
+    assert 'no PNNH row is ahead of the residual rows of its accuracy on any axis' in text and text.endswith(f'; {undecided}.')
+    verdict = next(v for v in report.verdicts(traded) if 'Parameters at equal accuracy' in v)
+    assert verdict == ('- **Parameters at equal accuracy**: best pnnh-56 vs residual-56, 0.95x; not reproduced: no PNNH row '
+                       f'is ahead of the residual rows of its accuracy (paper: up to 2x); {undecided}.')
+    # a residual control of its size, on par with it and with more parameters: now a comparison at equal accuracy
+    control = _row('residual-56 block_reduce_first=2', 'residual', 56, 500_000, [89.1, 89.3, 89.3], 200, 0.7,
+                   {'block_reduce_first': 2})
+    traded['summary'].append(control)
+    front = {f['key']: f for f in report.front_rows(traded['summary']) if f['pnnh']['label'] == 'pnnh-56 learner_ratio=0.5'}
+    assert front['params']['residual'] is control and not front['params']['traded']
+    assert 'a PNNH row is ahead of the residual rows of its accuracy on parameters' in report.headline(traded)
+    assert 'undecided' not in report.headline(traded)
+
+
 def test_the_results_say_where_the_runs_trained(small_study):
     """A study resumed over several machines: the header names the CPUs its runs trained on when they are
     not all the machine that wrote the study (older records name none)."""

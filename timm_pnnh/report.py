@@ -67,14 +67,22 @@ def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tu
 
 
 def front_rows(summary: Sequence[Dict]) -> List[Dict]:
-    """Per PNNH row and axis: the residual row of equal accuracy and the PNNH advantage on that axis."""
+    """Per PNNH row and axis: the residual row of equal accuracy and the PNNH advantage on that axis.
+
+    ``traded``: the PNNH row is ahead on the axis only against a residual row that is more accurate beyond
+    2 std of the paired difference (no residual row of its accuracy is cheaper): the residual row spends the
+    difference on accuracy, so this is a trade, not a comparison at equal accuracy, and it does not count
+    as the PNNH row being ahead (a residual control of the PNNH row's size would decide it)."""
     rows = []
     for p in (s for s in summary if s['family'] == 'pnnh'):
         for key, _, _ in FRONT_AXES:
             match = equal_accuracy(p, summary, key)
             if match:
                 r, reached = match
-                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=advantage(p, r, key)))
+                d, sd, _ = paired(r, p)
+                ratio = advantage(p, r, key)
+                traded = reached and ratio > 1 and sd is not None and d > 2 * sd
+                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=ratio, traded=traded))
     return rows
 
 
@@ -84,24 +92,41 @@ def front_table(summary: Sequence[Dict]) -> str:
     for f in front_rows(summary):
         d, sd, _ = paired(f['pnnh'], f['residual'])
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
-                      f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + ('' if f['reached'] else ', less accurate: none reaches it'),
+                      f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + (
+                          ', less accurate: none reaches it' if not f['reached'] else
+                          ', more accurate beyond 2 std: a trade, not equal accuracy' if f['traded'] else ''),
                       fmt_paired(d, sd), f"{f['ratio']:.2f}x"])
     return markdown_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
                            'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
 
 
 def best_front(summary: Sequence[Dict], key: str) -> Optional[Dict]:
-    """The front row with the best PNNH advantage on ``key`` among those a residual row reaches; None if none."""
-    rows = [f for f in front_rows(summary) if f['key'] == key and f['reached']]
+    """The front row with the best PNNH advantage on ``key`` among those a residual row reaches at equal
+    accuracy (not ``traded``); None if none."""
+    rows = [f for f in front_rows(summary) if f['key'] == key and f['reached'] and not f['traded']]
     return max(rows, key=lambda f: f['ratio']) if rows else None
+
+
+def traded_rows(summary: Sequence[Dict], key: Optional[str] = None) -> List[str]:
+    """The labels of the PNNH rows that are ahead on ``key`` (any axis if None) only by a trade: smaller
+    or faster than, but less accurate beyond 2 std than, every residual row that reaches their accuracy."""
+    labels = [f['pnnh']['label'] for f in front_rows(summary) if f['traded'] and (key is None or f['key'] == key)]
+    return list(dict.fromkeys(labels))
+
+
+def _undecided(labels: Sequence[str]) -> str:
+    return (f"{', '.join(labels)}: smaller or faster than every residual row that reaches {'its' if len(labels) == 1 else 'their'} "
+            f"accuracy, but less accurate beyond 2 std, so undecided without a residual row of {'its' if len(labels) == 1 else 'their'} size")
 
 
 def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, float], study: Dict) -> str:
     """One verdict: the best PNNH advantage on ``key`` over the residual rows of equal accuracy."""
     best = best_front(summary, key)
+    traded = traded_rows(summary, key)
+    undecided = f'; {_undecided(traded)}' if traded else ''
     if best is None:
         missing = 'no bench figures in this study' if key != 'params' and not study.get('speed') else \
-            'no residual row reaches the accuracy of any PNNH row'
+            'no residual row reaches the accuracy of any PNNH row' if not traded else _undecided(traded)
         return f'**{what}**: {missing}.'
     ratio, factor = best['ratio'], bar[1]
     verdict = ('reproduced' if ratio >= factor else f'PNNH ahead, below the bar of {factor:g}x' if ratio > 1 else
@@ -114,7 +139,7 @@ def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, 
         where = (f" (bench: {c['device']} {c['device_name']}, {c['threads']} threads, batch {c['batch_size']}, "
                  f"channels_last={c['channels_last']}, amp={c['amp']})")
     return (f"**{what}**{where}: best {best['pnnh']['label']} vs {best['residual']['label']}, "
-            f"{ratio:.2f}x; {verdict} ({bar[0]} {factor:g}x).")
+            f"{ratio:.2f}x; {verdict} ({bar[0]} {factor:g}x){undecided}.")
 
 
 AXIS_NAMES = {'params': 'parameters', 'train_img_s': 'training images/s', 'deploy_img_s': 'deployed images/s'}
@@ -148,6 +173,9 @@ def headline(study: Dict) -> str:
             front = (f"no PNNH row is ahead of the residual rows of its accuracy on any axis "
                      f"(best PNNH advantage: {figures})")
         said.append(front)
+    traded = traded_rows(summary)
+    if traded:
+        said.append(_undecided(traded))
     return f"**In short:** {'; '.join(said)}." if said else ''
 
 
