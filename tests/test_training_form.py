@@ -1,5 +1,7 @@
 """The training form of the PNNH blocks: summed branches, exact gradients, no per-step weight copy,
 a coder that saves no feature map of its own, one graph under torch.compile."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -7,9 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import GELU, DropPath
 from timm.models.resnet import BasicBlock
+from timm.utils.model import reparameterize_model
 from torch.profiler import ProfilerActivity, profile
 
 import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.models import coder_ops
 from timm_pnnh.models.coder_ops import relu_coder
 from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 
@@ -72,10 +76,12 @@ def test_training_step_does_not_copy_the_shared_coder_weight():
     assert copies == []
 
 
-@pytest.mark.parametrize('kernel_size, dilation, gain, memory_format', [
-    (1, 1, 0.3, torch.contiguous_format), (1, 1, 0.3, torch.channels_last),  # convolutions / matrix products
-    (3, 1, 1.0, torch.contiguous_format), (3, 2, 0.5, torch.channels_last)])
-def test_relu_coder_gradcheck(kernel_size, dilation, gain, memory_format):
+@pytest.mark.parametrize('kernel_size, dilation, gain, memory_format, matmul_1x1', [
+    (1, 1, 0.3, torch.contiguous_format, True), (1, 1, 0.3, torch.channels_last, True),  # convolutions / matrix products
+    (1, 1, 0.3, torch.channels_last, False),  # 1x1 convolutions on channels_last, asked for (coder_ops.MATMUL_1X1)
+    (3, 1, 1.0, torch.contiguous_format, True), (3, 2, 0.5, torch.channels_last, True)])
+def test_relu_coder_gradcheck(kernel_size, dilation, gain, memory_format, matmul_1x1, monkeypatch):
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', matmul_1x1)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
     weight = torch.randn(2, 3, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
@@ -154,3 +160,24 @@ def test_pnnh_resnet_compiles_to_one_graph():
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_the_1x1_coder_as_convolutions_equals_the_matrix_products(monkeypatch):
+    """``coder_ops.MATMUL_1X1 = False`` runs a channels_last 1x1 coder as convolutions, in training and
+    deployed, with the same loss, gradients and deployed output."""
+    torch.manual_seed(0)
+    initial = timm.create_model('pnnh_resnet20').to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    results, calls = [], []
+    monkeypatch.setattr(coder_ops, '_rows', lambda t, rows=coder_ops._rows: calls.append(1) or rows(t))
+    for matmul_1x1 in (True, False):
+        monkeypatch.setattr(coder_ops, 'MATMUL_1X1', matmul_1x1)
+        calls.clear()
+        model = copy.deepcopy(initial).train()
+        model(x).logsumexp(1).mean().backward()
+        with torch.no_grad():
+            out = reparameterize_model(copy.deepcopy(initial).eval())(x)
+        results.append((model.conv1.weight.grad, model.layer1[0].coder.weight.grad, out))
+        assert bool(calls) == matmul_1x1
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

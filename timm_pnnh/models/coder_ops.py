@@ -54,10 +54,18 @@ def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+# A 1x1 coder on a channels_last input runs as matrix products over the pixels (True), or as oneDNN's 1x1
+# convolutions (False); equal in value and gradient. Which is faster depends on the CPU (docs/speed.md):
+# matrix products on the Intel Xeon with AMX the default was chosen on, convolutions on an AMD EPYC with
+# AVX-512. Set ``timm_pnnh.models.coder_ops.MATMUL_1X1 = False`` before training or deploying to switch.
+MATMUL_1X1 = True
+
+
 def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a conv of ``weight`` over ``x`` can run as a matrix product over the pixels: a 1x1
-    kernel and a channels_last input."""
-    return weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+    """True when a conv of ``weight`` over ``x`` runs as a matrix product over the pixels: a 1x1 kernel,
+    a channels_last input, and ``MATMUL_1X1``."""
+    return (MATMUL_1X1 and weight.shape[-1] == 1 and weight.shape[-2] == 1
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _sum_of_products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, batch: int) -> torch.Tensor:
@@ -79,7 +87,7 @@ class _ReluCoder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, gain: float, padding: int, dilation: int):
         ctx.gain, ctx.padding, ctx.dilation = gain, padding, dilation
-        ctx.rows = weight.shape[-1] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.rows = _as_rows(x, weight)
         device = x.device.type  # autocast state to restore in backward (none on devices without autocast, e.g. meta)
         amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
         ctx.autocast = (device, torch.get_autocast_dtype(device)) if amp else None
