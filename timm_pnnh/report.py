@@ -115,8 +115,9 @@ def traded_rows(summary: Sequence[Dict], key: Optional[str] = None) -> List[str]
 
 
 def _undecided(labels: Sequence[str]) -> str:
-    return (f"{', '.join(labels)}: smaller or faster than every residual row that reaches {'its' if len(labels) == 1 else 'their'} "
-            f"accuracy, but less accurate beyond 2 std, so undecided without a residual row of {'its' if len(labels) == 1 else 'their'} size")
+    its = 'its' if len(labels) == 1 else 'their'
+    return (f"{', '.join(labels)}: smaller or faster than every residual row that reaches {its} accuracy, but less "
+            f"accurate beyond 2 std, so undecided without a residual row of {its} size")
 
 
 def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, float], study: Dict) -> str:
