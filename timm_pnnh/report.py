@@ -69,6 +69,7 @@ def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tu
 def front_rows(summary: Sequence[Dict]) -> List[Dict]:
     """Per PNNH row and axis: the residual row of equal accuracy and the PNNH advantage on that axis.
 
+    ``diff``: the paired accuracy difference, PNNH minus residual, as (mean, std or None).
     ``traded``: the PNNH row is ahead on the axis only against a residual row that is more accurate beyond
     2 std of the paired difference (no residual row of its accuracy is cheaper): the residual row spends the
     difference on accuracy, so this is a trade, not a comparison at equal accuracy, and it does not count
@@ -79,10 +80,10 @@ def front_rows(summary: Sequence[Dict]) -> List[Dict]:
             match = equal_accuracy(p, summary, key)
             if match:
                 r, reached = match
-                d, sd, _ = paired(r, p)
+                d, sd, _ = paired(p, r)
                 ratio = advantage(p, r, key)
-                traded = reached and ratio > 1 and sd is not None and d > 2 * sd
-                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=ratio, traded=traded))
+                traded = reached and ratio > 1 and sd is not None and d < -2 * sd
+                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=ratio, traded=traded, diff=(d, sd)))
     return rows
 
 
@@ -90,12 +91,11 @@ def front_table(summary: Sequence[Dict]) -> str:
     """Markdown: each PNNH row against the residual row of equal accuracy that is best on each axis."""
     table = []
     for f in front_rows(summary):
-        d, sd, _ = paired(f['pnnh'], f['residual'])
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
                       f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + (
                           ', less accurate: none reaches it' if not f['reached'] else
                           ', more accurate beyond 2 std: a trade, not equal accuracy' if f['traded'] else ''),
-                      fmt_paired(d, sd), f"{f['ratio']:.2f}x"])
+                      fmt_paired(*f['diff']), f"{f['ratio']:.2f}x"])
     return markdown_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
                            'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
 
