@@ -20,7 +20,8 @@ TINY = ['--depths', '20', '--seeds', '0', '1', '--steps', '2', '--batch-size', '
 
 def _args(**overrides):
     base = dict(preset='quick', seeds=None, depths=None, steps=None, batch_size=None, train_size=None, test_size=None,
-                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0)
+                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0,
+                retime=False)
     return Namespace(**dict(base, **overrides))
 
 
@@ -313,6 +314,40 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     text = capsys.readouterr().out
     assert 'Test accuracy after each epoch' in text and '| PNNH row | axis |' in text
     assert '**Deployed throughput at equal accuracy**' in text
+
+
+def test_speed_figures_are_reused_on_another_machine_unless_retimed(fake_fashion_mnist, tmp_path, monkeypatch):
+    """A study resumes to the same tables on any machine: speed.json measured elsewhere for the same settings
+    is reused and the log names its machine; other settings, or ``resume=False`` (--retime), measure again."""
+    preset = _tiny_preset()
+    rows = study.preset_rows(preset)[:2]
+    loaded = study.load_data(preset, fake_fashion_mnist)
+    timed = []
+    monkeypatch.setattr(runs, 'benchmark', lambda specs, **kw: timed.append(specs) or dict(config={}, models=[]))
+    out = tmp_path / 'out'
+
+    def measure(repeats=1, resume=True):
+        messages = []
+        runs.measure_speed(rows, preset, loaded, out, repeats, resume, log=messages.append)
+        return messages
+
+    assert 'side by side' in measure()[0] and len(timed) == 1
+    assert measure() == [f"speed: measured earlier, reused ({out / 'speed.json'})"] and len(timed) == 1
+    elsewhere = json.loads((out / 'speed.json').read_text())
+    elsewhere['settings']['hardware']['cpu'] = 'Other CPU'
+    (out / 'speed.json').write_text(json.dumps(elsewhere))
+    assert measure() == [f"speed: measured earlier on Other CPU, reused ({out / 'speed.json'}); --retime measures on "
+                         "this machine"] and len(timed) == 1
+    assert 'side by side' in measure(repeats=2)[0] and len(timed) == 2  # other settings
+    assert 'side by side' in measure(repeats=2, resume=False)[0] and len(timed) == 3
+    written = json.loads((out / 'speed.json').read_text())
+    assert written['settings']['hardware'] == runs.hardware(preset.device)
+
+
+def test_retime_is_recorded_in_the_study_command():
+    args = _args(preset='converged-cpu', retime=True, finished_only=False)
+    assert study.command.command_line(args).endswith('--retime')
+    assert '--retime' not in study.command.command_line(_args(preset='converged-cpu', finished_only=False))
 
 
 def test_unreadable_records_are_run_again(fake_fashion_mnist, tmp_path):

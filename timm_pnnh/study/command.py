@@ -60,6 +60,8 @@ def command_line(args) -> str:
         parts.append('--no-resume')
     if args.finished_only:
         parts.append('--finished-only')
+    if args.retime:
+        parts.append('--retime')
     return ' '.join(parts)
 
 
@@ -105,7 +107,8 @@ def run(args) -> int:
         rows = [row for row in rows if any(r['label'] == row.label for r in records)]
         if not rows:
             raise UsageError(f'--finished-only: no finished run in {out / "runs"} matches the {preset.name} preset')
-    speed = measure_speed(rows, preset, data, out, args.speed_repeats, args.resume, log) if args.speed_repeats else None
+    speed = (measure_speed(rows, preset, data, out, args.speed_repeats, args.resume and not args.retime, log)
+             if args.speed_repeats else None)
     summary = summarize(rows, records, speed)
     plots, message = write_plots(summary, out)
     study = dict(
@@ -154,5 +157,8 @@ def register(subparsers) -> None:
     parser.add_argument('--speed-repeats', type=int_arg('--speed-repeats', 0), default=5,
                         help='timed repeats of the side-by-side speed measurement after training (0: skip it)')
     parser.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,
-                        help='reuse finished runs whose settings match (default: on)')
+                        help='reuse finished runs and speed figures whose settings match (default: on)')
+    parser.add_argument('--retime', action='store_true',
+                        help='measure the speed figures on this machine even where OUT/speed.json has them for these '
+                             'settings (by default they are reused, also when measured on another machine)')
     parser.set_defaults(func=run)

@@ -196,7 +196,9 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
                   log=print) -> Dict:
     """Training, eval and deployed images/s and saved activations of every row, all models in one
     ``bench.benchmark`` process taking turns (the project's one timer), written to ``OUT/speed.json``;
-    a file with the same settings is reused. Run it on an otherwise idle machine."""
+    a file with the same settings is reused (with ``resume``), also when it was measured on another machine
+    (the figures name their machine), so a study resumes to the same tables anywhere; ``resume=False``
+    measures on this one. Run it on an otherwise idle machine."""
     settings = speed_settings(rows, preset, data, repeats)
     path = out / 'speed.json'
     if resume and path.is_file():
@@ -204,8 +206,13 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             report = {}
-        if report.get('settings_digest') == _digest(settings):
-            log(f'speed: measured earlier, reused ({path})')
+        earlier = report.get('settings') if isinstance(report, dict) else None
+        if isinstance(earlier, dict) and _digest(_but_hardware(earlier)) == _digest(_but_hardware(settings)):
+            if earlier.get('hardware') == settings['hardware']:
+                log(f'speed: measured earlier, reused ({path})')
+            else:
+                machine = earlier.get('hardware', {}).get('cpu') or 'another machine'
+                log(f'speed: measured earlier on {machine}, reused ({path}); --retime measures on this machine')
             return report
     log(f'speed: {len(rows)} models side by side, batch {settings["batch_size"]}, {repeats} repeats '
         f'(timings: keep the machine otherwise idle)')
@@ -215,6 +222,10 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
     report.update(settings=settings, settings_digest=_digest(settings))
     write_json(path, report)
     return report
+
+
+def _but_hardware(settings: Dict) -> Dict:
+    return {k: v for k, v in settings.items() if k != 'hardware'}
 
 
 def hardware(device: str = 'cpu') -> Dict[str, Any]:
