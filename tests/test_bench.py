@@ -1,11 +1,15 @@
 """``timm-pnnh bench``: figures and ratios for a tiny pair, JSON report, bad input."""
 import contextlib
+import copy
 import json
 
 import pytest
+import timm
 import torch
+from timm.utils.model import reparameterize_model
 
 from timm_pnnh import bench
+from timm_pnnh.models import coder_ops
 from timm_pnnh.cli import main
 
 TINY = ['--batch-size', '2', '--repeats', '1', '--steps', '1', '--warmup', '0']
@@ -154,6 +158,17 @@ def test_training_flops_count_forward_and_backward():
     train = {m: bench.train_flops_per_image(m.train(), image, torch.tensor([0, 1])) for m in (pnnh, residual)}
     assert train[residual] < 3 * forward[residual]  # the stem needs no input gradient
     assert train[pnnh] - 3 * forward[pnnh] > train[residual] - 3 * forward[residual]
+
+
+@pytest.mark.parametrize('matmul_1x1', [True, False])
+def test_the_deployed_side_by_side_form_counts_the_arithmetic_of_the_trained_one(matmul_1x1, monkeypatch):
+    """The deployed PNNH block does the training form's multiply-adds (BatchNorms folded, not counted), whether
+    its 1x1 coder runs as matrix products, the decoder's added in place, or as convolutions."""
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', matmul_1x1)
+    model = timm.create_model('pnnh_resnet20').eval().to(memory_format=torch.channels_last)
+    image = torch.randn(1, 3, 8, 8).to(memory_format=torch.channels_last)
+    deployed = reparameterize_model(copy.deepcopy(model))
+    assert bench.flops_per_image(deployed, image) == pytest.approx(bench.flops_per_image(model, image))
 
 
 def test_the_table_shows_the_spread_and_the_ratio_the_flops_allow(tmp_path):
