@@ -181,3 +181,21 @@ def test_the_1x1_coder_as_convolutions_equals_the_matrix_products(monkeypatch):
         assert bool(calls) == matmul_1x1
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_1x1_coder_form_follows_the_cpu_by_default(monkeypatch):
+    """``MATMUL_1X1 = None`` (the default): matrix products on an Intel CPU with MKL and on other devices,
+    oneDNN's convolutions on other CPUs; True or False forces one; only a 1x1 coder on channels_last input
+    can run as matrix products."""
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)
+    x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)
+    one, three = torch.randn(2, 4, 1, 1), torch.randn(2, 4, 3, 3)
+    for intel in (True, False):
+        monkeypatch.setattr(coder_ops, 'MKL_ON_INTEL', intel)
+        assert coder_ops._as_rows(x, one) is intel
+        assert coder_ops._as_rows(x.to('meta'), one.to('meta'))  # not a CPU
+        assert not coder_ops._as_rows(x, three) and not coder_ops._as_rows(x.contiguous(), one)
+        for forced in (True, False):
+            monkeypatch.setattr(coder_ops, 'MATMUL_1X1', forced)
+            assert coder_ops._as_rows(x, one) is forced
+        monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)

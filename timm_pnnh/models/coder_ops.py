@@ -56,16 +56,35 @@ def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # A 1x1 coder on a channels_last input runs as matrix products over the pixels (True), or as oneDNN's 1x1
 # convolutions (False); equal in value and gradient. Which is faster depends on the CPU (docs/speed.md):
-# matrix products on the Intel Xeon with AMX the default was chosen on, convolutions on an AMD EPYC with
-# AVX-512. Set ``timm_pnnh.models.coder_ops.MATMUL_1X1 = False`` before training or deploying to switch.
-MATMUL_1X1 = True
+# torch's CPU matrix products are MKL's, whose thin products (16-64 columns) were the faster form on an
+# Intel Xeon, and 1.7x to 1.9x slower than oneDNN's 1x1 convolutions on an AMD EPYC with AVX-512 (MKL
+# is tuned for Intel's CPUs). None, the default, picks by that: matrix products on
+# an Intel CPU with MKL and on other devices (not measured), convolutions on other CPUs. Set
+# ``timm_pnnh.models.coder_ops.MATMUL_1X1`` to True or False before training or deploying to force one.
+MATMUL_1X1: Optional[bool] = None
+
+
+def _mkl_on_intel() -> bool:
+    """True when torch's CPU matrix products are MKL's and the CPU is Intel's (``/proc/cpuinfo``)."""
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            intel = any(line.startswith('vendor_id') and 'GenuineIntel' in line for line in cpuinfo)
+    except OSError:
+        intel = False
+    return intel and torch.backends.mkl.is_available()
+
+
+MKL_ON_INTEL = _mkl_on_intel()  # read once: the choice must not cost a file read per call, nor a graph break
 
 
 def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when a conv of ``weight`` over ``x`` runs as a matrix product over the pixels: a 1x1 kernel,
-    a channels_last input, and ``MATMUL_1X1``."""
-    return (MATMUL_1X1 and weight.shape[-1] == 1 and weight.shape[-2] == 1
-            and x.is_contiguous(memory_format=torch.channels_last))
+    a channels_last input, and ``MATMUL_1X1`` (when None: not on a CPU, or on an Intel CPU with MKL)."""
+    if not (weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    if MATMUL_1X1 is not None:
+        return MATMUL_1X1
+    return x.device.type != 'cpu' or MKL_ON_INTEL
 
 
 def _sum_of_products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, batch: int) -> torch.Tensor:
