@@ -177,6 +177,7 @@ def test_the_table_shows_the_spread_and_the_ratio_the_flops_allow(tmp_path):
     assert main(['bench', '--model', 'pnnh_resnet20', '--vs', 'cifar_resnet20', '--batch-size', '2', '--img-size', '8',
                      '--repeats', '2', '--steps', '1', '--warmup', '0', '--write-readme', str(page)]) == 0
     text = page.read_text()
+    assert "channels_last=False  coder_1x1=conv  amp=None" in text  # a 1x1 coder without channels_last: convolutions
     assert text.startswith('before\n<!-- bench:start -->\n`timm-pnnh bench --model pnnh_resnet20 --vs cifar_resnet20 '
                            '--batch-size 2 --img-size 8 --repeats 2 --steps 1 --warmup 0`') and text.endswith('after\n')
     assert 'old' not in text

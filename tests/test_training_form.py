@@ -192,10 +192,23 @@ def test_the_1x1_coder_form_follows_the_cpu_by_default(monkeypatch):
     one, three = torch.randn(2, 4, 1, 1), torch.randn(2, 4, 3, 3)
     for intel in (True, False):
         monkeypatch.setattr(coder_ops, 'MKL_ON_INTEL', intel)
-        assert coder_ops._as_rows(x, one) is intel
+        assert coder_ops._as_rows(x, one) is intel and coder_ops.matmul_1x1_on('cpu') is intel
         assert coder_ops._as_rows(x.to('meta'), one.to('meta'))  # not a CPU
         assert not coder_ops._as_rows(x, three) and not coder_ops._as_rows(x.contiguous(), one)
         for forced in (True, False):
             monkeypatch.setattr(coder_ops, 'MATMUL_1X1', forced)
             assert coder_ops._as_rows(x, one) is forced
         monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)
+
+
+@pytest.mark.parametrize('value, expected', [('', None), ('1', True), ('0', False)])
+def test_the_1x1_coder_form_can_be_forced_from_the_environment(value, expected, monkeypatch):
+    monkeypatch.setenv('TIMM_PNNH_MATMUL_1X1', value)
+    assert coder_ops._matmul_1x1_from_env() is expected
+
+
+def test_a_bad_1x1_coder_form_in_the_environment_says_what_is_allowed(monkeypatch):
+    monkeypatch.setenv('TIMM_PNNH_MATMUL_1X1', 'yes')
+    with pytest.raises(ValueError, match=r"^TIMM_PNNH_MATMUL_1X1='yes' is not allowed: it must be 1 \(matrix products\), "
+                                         r"0 \(convolutions\) or unset"):
+        coder_ops._matmul_1x1_from_env()

@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
+from timm_pnnh.models.coder_ops import matmul_1x1_on
 from timm_pnnh.reparam import fold_batchnorms
 from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
 
@@ -315,7 +316,8 @@ def benchmark(
                           'deploy_img_s': results[reference]['deploy_gflops'] / r['deploy_gflops']} for name, r in results.items()}
     config = dict(models=models, reference=reference, batch_size=batch_size, img_size=img_size, device=str(dev),
                   device_name=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name(),
-                  channels_last=channels_last, amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
+                  channels_last=channels_last, coder_1x1='matmul' if channels_last and matmul_1x1_on(dev.type) else 'conv',
+                  amp=amp, compile=compile, repeats=repeats, steps=steps, warmup=warmup,
                   threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
     return dict(config=config, results=results, ratios=ratios, flop_limits=flop_limits)
@@ -391,7 +393,8 @@ def run(args) -> int:
         return 2
     c = report['config']
     header = (f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
-          f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  amp={c['amp']}  "
+          f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  coder_1x1={c['coder_1x1']}  "
+          f"amp={c['amp']}  "
           f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up; "
           f"torch {c['torch']}, timm {c['timm']}")
     table = bench_table(report)

@@ -20,6 +20,7 @@ batch statistics again and save as much as it spares, and other activations woul
 derivative; those coders keep the plain autograd form.
 """
 import math
+import os
 from contextlib import nullcontext
 from typing import Optional
 
@@ -58,10 +59,22 @@ def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # convolutions (False); equal in value and gradient. Which is faster depends on the CPU (docs/speed.md):
 # torch's CPU matrix products are MKL's, whose thin products (16-64 columns) were the faster form on an
 # Intel Xeon, and 1.7x to 1.9x slower than oneDNN's 1x1 convolutions on an AMD EPYC with AVX-512 (MKL
-# is tuned for Intel's CPUs). None, the default, picks by that: matrix products on
-# an Intel CPU with MKL and on other devices (not measured), convolutions on other CPUs. Set
-# ``timm_pnnh.models.coder_ops.MATMUL_1X1`` to True or False before training or deploying to force one.
-MATMUL_1X1: Optional[bool] = None
+# is tuned for Intel's CPUs). None, the default, picks by that: matrix products on an Intel CPU with MKL
+# and on other devices (not measured), convolutions on other CPUs. To force one, set the environment
+# variable TIMM_PNNH_MATMUL_1X1 to 1 or 0 (also for timm's scripts), or this to True or False before
+# training or deploying.
+MATMUL_ENV = 'TIMM_PNNH_MATMUL_1X1'
+
+
+def _matmul_1x1_from_env() -> Optional[bool]:
+    value = os.environ.get(MATMUL_ENV, '')
+    if value not in ('', '0', '1'):
+        raise ValueError(f'{MATMUL_ENV}={value!r} is not allowed: it must be 1 (matrix products), 0 (convolutions) '
+                         f'or unset (chosen by the CPU)')
+    return None if value == '' else value == '1'
+
+
+MATMUL_1X1: Optional[bool] = _matmul_1x1_from_env()
 
 
 def _mkl_on_intel() -> bool:
@@ -77,14 +90,19 @@ def _mkl_on_intel() -> bool:
 MKL_ON_INTEL = _mkl_on_intel()  # read once: the choice must not cost a file read per call, nor a graph break
 
 
-def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a conv of ``weight`` over ``x`` runs as a matrix product over the pixels: a 1x1 kernel,
-    a channels_last input, and ``MATMUL_1X1`` (when None: not on a CPU, or on an Intel CPU with MKL)."""
-    if not (weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)):
-        return False
+def matmul_1x1_on(device_type: str) -> bool:
+    """Whether a 1x1 coder on channels_last input runs as matrix products on this kind of device
+    (``MATMUL_1X1``; when None: not on a CPU, or on an Intel CPU with MKL)."""
     if MATMUL_1X1 is not None:
         return MATMUL_1X1
-    return x.device.type != 'cpu' or MKL_ON_INTEL
+    return device_type != 'cpu' or MKL_ON_INTEL
+
+
+def _as_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a conv of ``weight`` over ``x`` runs as a matrix product over the pixels: a 1x1 kernel,
+    a channels_last input, and ``matmul_1x1_on`` its device."""
+    return (weight.shape[-1] == 1 and weight.shape[-2] == 1 and x.is_contiguous(memory_format=torch.channels_last)
+            and matmul_1x1_on(x.device.type))
 
 
 def _sum_of_products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, batch: int) -> torch.Tensor:
@@ -99,9 +117,9 @@ def _sum_of_products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch
 
 
 class _ReluCoder(torch.autograd.Function):
-    """A 1x1 coder on a channels_last input runs as matrix products over the pixels (the same
-    arithmetic as a 1x1 convolution, without the convolution's per-call overhead, which dominates
-    at 16-64 channels); anything else as convolutions."""
+    """A 1x1 coder on a channels_last input runs as matrix products over the pixels where ``_as_rows``
+    says so (the same arithmetic as a 1x1 convolution, in the BLAS instead of oneDNN); anything else as
+    convolutions."""
 
     @staticmethod
     def forward(ctx, x, weight, gain: float, padding: int, dilation: int):
@@ -168,7 +186,7 @@ def relu_coder(x: torch.Tensor, weight: torch.Tensor, gain: float = 1.0, padding
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
          dilation: int = 1) -> torch.Tensor:
     """``conv2d(x, weight, bias)``, stride 1; a 1x1 conv on a channels_last input as one matrix product
-    (channels_last output). The deployed side-by-side coder's encoder."""
+    where ``_as_rows`` says so (channels_last output). The deployed side-by-side coder's encoder."""
     if _as_rows(x, weight):
         matrix = weight.flatten(1).t()
         rows = _rows(x) @ matrix if bias is None else torch.addmm(bias, _rows(x), matrix)
@@ -181,8 +199,9 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
 @torch.fx.wrap
 def conv_add_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int = 0,
               dilation: int = 1) -> torch.Tensor:
-    """``out + conv2d(x, weight)``, stride 1, written into ``out``; a 1x1 conv on channels_last tensors
-    as one ``addmm_`` over the pixels (no separate map for the conv's output). The deployed side-by-side
+    """``out + conv2d(x, weight)``, stride 1, written into ``out``; a 1x1 conv on channels_last tensors,
+    where ``_as_rows`` says so, as one ``addmm_`` over the pixels (no separate map for the conv's output).
+    The deployed side-by-side
     coder's decoder, added to the learner's output."""
     if _as_rows(x, weight) and out.is_contiguous(memory_format=torch.channels_last) and x.dtype == out.dtype:
         # an in-place op is not autocast: under autocast the weight is cast to the maps' dtype here

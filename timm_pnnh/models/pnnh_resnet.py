@@ -199,8 +199,9 @@ class CoderBesideLearner(nn.Module):
     to its last conv; ``encoder`` is ``N_c E`` (a conv with bias), ``decoder`` is ``adj(E)`` (a conv
     without bias), ``coder_act`` the act(s) the coder crosses and ``act`` the block's last act. No term
     is the input: the block stays plain; it is two branches of convolutions summed before the last act.
-    A 1x1 coder on a channels_last input runs as matrix products over the pixels, the decoder's added
-    into the learner's output in place (``coder_ops.conv`` / ``conv_add_``).
+    The coder runs through ``coder_ops.conv`` / ``conv_add_``, the decoder's output added into the
+    learner's in place; a 1x1 coder on a channels_last input runs as matrix products over the pixels
+    where that is the faster form (``coder_ops.MATMUL_1X1``: on Intel CPUs), else as 1x1 convolutions.
 
     Cost: the learner's multiply-adds plus ``2 k*k C_c C`` per position, the summed training form's
     (eval) arithmetic, against ``(C_c + C_l) / C`` times a residual block's for ``deploy_form='merged'``.
