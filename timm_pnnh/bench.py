@@ -394,8 +394,7 @@ def run(args) -> int:
     c = report['config']
     header = (f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
           f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  coder_1x1={c['coder_1x1']}  "
-          f"amp={c['amp']}  "
-          f"compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up; "
+          f"amp={c['amp']}  compile={c['compile']}  median of {c['repeats']} x {c['steps']} steps after {c['warmup']} warm-up; "
           f"torch {c['torch']}, timm {c['timm']}")
     table = bench_table(report)
     print(header)

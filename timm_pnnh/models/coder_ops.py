@@ -201,8 +201,7 @@ def conv_add_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding:
               dilation: int = 1) -> torch.Tensor:
     """``out + conv2d(x, weight)``, stride 1, written into ``out``; a 1x1 conv on channels_last tensors,
     where ``_as_rows`` says so, as one ``addmm_`` over the pixels (no separate map for the conv's output).
-    The deployed side-by-side
-    coder's decoder, added to the learner's output."""
+    The deployed side-by-side coder's decoder, added to the learner's output."""
     if _as_rows(x, weight) and out.is_contiguous(memory_format=torch.channels_last) and x.dtype == out.dtype:
         # an in-place op is not autocast: under autocast the weight is cast to the maps' dtype here
         _rows(out).addmm_(_rows(x), weight.flatten(1).t().to(out.dtype))

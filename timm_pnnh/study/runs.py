@@ -219,7 +219,7 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
     report = benchmark(list(settings['specs'].values()), batch_size=settings['batch_size'], img_size=settings['img_size'],
                        device=settings['device'], channels_last=settings['channels_last'], amp=settings['amp'],
                        repeats=repeats, steps=SPEED_STEPS, warmup=SPEED_WARMUP, reference=settings['reference'])
-    report.update(settings=settings, settings_digest=_digest(settings))
+    report.update(settings=settings)
     write_json(path, report)
     return report
 
