@@ -41,8 +41,28 @@ def test_presets_sweep_the_three_families_at_the_paper_depths():
 def test_vit_rows_are_in_the_presets_with_vits():
     vits = [r for r in study.preset_rows(study.PRESETS['full']) if r.arch == 'vit']
     assert [r.model for r in vits] == [study.VIT_NAMES[f] for f in study.FAMILIES] and all(timm.is_model(r.model) for r in vits)
-    assert [r.family for r in vits] == list(study.FAMILIES) and all(dict(r.kwargs)['img_size'] == 28 for r in vits)
+    assert [r.family for r in vits] == list(study.FAMILIES) and all(r.model_kwargs == dict(img_size=28) for r in vits)
+    assert all(not r.kwargs for r in vits)  # the input size is not a knob: these are the families' default rows
     assert not [r for r in study.preset_rows(study.PRESETS['quick']) if r.arch == 'vit']
+
+
+def test_vit_study_rows_build_depth_12_vits_of_one_width():
+    rows = study.preset_rows(study.PRESETS['vit-cpu'])
+    assert [r.label for r in rows] == ['residual-vit', 'plain-vit', 'pnnh-vit', 'pnnh-vit mlp_ratio=3.0', 'sasp-vit']
+    nets = {r.label: timm.create_model(r.model, **r.model_kwargs, num_classes=10, in_chans=1) for r in rows}
+    assert {len(n.blocks) for n in nets.values()} == {12} and {n.embed_dim for n in nets.values()} == {96}
+    assert {n.patch_embed.img_size for n in nets.values()} == {(28, 28)}
+    # the narrow PNNH row: its coder (C units) and MLP (3C) together as wide as the ViT's MLP (4C)
+    narrow, vit = nets['pnnh-vit mlp_ratio=3.0'].blocks[0], nets['residual-vit'].blocks[0]
+    assert narrow.coder.weight.shape[0] + narrow.mlp.fc1.out_features == vit.mlp.fc1.out_features
+    recipes = [study.row_recipe(r, study.PRESETS['vit-cpu']) for r in rows]
+    assert all(r == recipes[0] for r in recipes) and recipes[0].warmup_fraction > 0  # one recipe, with a warm-up
+
+
+def test_depth_study_rows_are_the_three_families_at_three_depths():
+    rows = study.preset_rows(study.PRESETS['depth-cpu'])
+    assert [(r.family, r.depth) for r in rows] == [(f, d) for d in (20, 56, 110) for f in study.FAMILIES]
+    assert all(timm.is_model(r.model) for r in rows)
 
 
 @pytest.mark.parametrize('overrides, match', [

@@ -144,6 +144,9 @@ def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, 
 
 
 AXIS_NAMES = {'params': 'parameters', 'train_img_s': 'training images/s', 'deploy_img_s': 'deployed images/s'}
+# the rows a PNNH net at its defaults is compared with, per architecture: the residual net of its depth, and
+# for the ViTs also the other nets without skips (the published SAS-P block and the plain ViT)
+BASELINES = {'resnet': ('residual',), 'vit': ('residual', 'sasp', 'plain')}
 
 
 def headline(study: Dict) -> str:
@@ -153,11 +156,11 @@ def headline(study: Dict) -> str:
     base = _base(summary)
     said = []
     for (family, arch, depth), p in base.items():
-        r = base.get(('residual', arch, depth))
-        if family == 'pnnh' and r is not None:
-            d, sd, _ = paired(p, r)
-            verdict = _judge(d, sd, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
-            said.append(f"{p['label']} vs {r['label']}: {fmt_paired(d, sd)} points, {verdict}")
+        for r in (base.get((b, arch, depth)) for b in BASELINES[arch]):
+            if family == 'pnnh' and r is not None:
+                d, sd, _ = paired(p, r)
+                verdict = _judge(d, sd, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
+                said.append(f"{p['label']} vs {r['label']}: {fmt_paired(d, sd)} points, {verdict}")
     best = {key: f for key in AXIS_NAMES if (f := best_front(summary, key)) is not None}
     if best:
         ahead = [k for k in AXIS_NAMES if k in best and best[k]['ratio'] > 1]
@@ -207,11 +210,13 @@ def verdicts(study: Dict) -> List[str]:
     # 2. PNNH on par with residual at equal depth
     keys = [(arch, d) for (fam, arch, d) in base if fam == 'pnnh' and ('residual', arch, d) in base]
     for arch, depth in keys:
-        p, r = base[('pnnh', arch, depth)], base[('residual', arch, depth)]
-        d, s, n = paired(p, r)
-        verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
-        lines.append(f"**PNNH vs residual, {p['label']} vs {r['label']}**: {fmt_paired(d, s)} points ({fmt_acc(p)} vs "
-                     f"{fmt_acc(r)}): {verdict}.")
+        p = base[('pnnh', arch, depth)]
+        for family in (b for b in BASELINES[arch] if (b, arch, depth) in base):
+            r = base[(family, arch, depth)]
+            d, s, n = paired(p, r)
+            verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
+            lines.append(f"**PNNH vs {family}, {p['label']} vs {r['label']}**: {fmt_paired(d, s)} points ({fmt_acc(p)} vs "
+                         f"{fmt_acc(r)}): {verdict}.")
     for p in (s for s in summary if s['family'] == 'pnnh' and s['model_kwargs']):
         r = base.get(('residual', p['arch'], p['depth']))
         if r is not None:
@@ -225,18 +230,22 @@ def verdicts(study: Dict) -> List[str]:
     # 3-5. fronts: every PNNH row against the residual row of its accuracy that is best on each axis
     for key, what, paper in FRONT_AXES:
         lines.append(front_verdict(summary, key, what, paper, study))
-    # 5. retention: the deepest block of the deepest depth with all three families
-    full = [d for d in depths if all((f, 'resnet', d) in base for f in ('plain', 'residual', 'pnnh'))]
-    if full:
+    # 5. retention: the deepest block of the deepest net of each architecture with all three families
+    families = ('plain', 'residual', 'pnnh')
+    for arch, where in (('resnet', 'depth {}'), ('vit', 'ViT')):
+        full = sorted((d for (f, a, d) in base if a == arch and f == 'pnnh' and all((g, arch, d) in base for g in families)),
+                      key=lambda d: d or 0)
+        if not full:
+            continue
         depth = full[-1]
         for state in ('init', 'trained'):
-            r2 = {f: base[(f, 'resnet', depth)][f'retention_{state}'][-1]['r2'] for f in ('plain', 'residual', 'pnnh')}
-            cka = {f: base[(f, 'resnet', depth)][f'retention_{state}'][-1]['cka'] for f in ('plain', 'residual', 'pnnh')}
+            r2 = {f: base[(f, arch, depth)][f'retention_{state}'][-1]['r2'] for f in families}
+            cka = {f: base[(f, arch, depth)][f'retention_{state}'][-1]['cka'] for f in families}
             kept = min(r2['residual'], r2['pnnh'])
             verdict = ('reproduced: the plain net holds less of the input than both residual and PNNH'
                        if r2['plain'] < kept - RETENTION_MARGIN else
                        f'not reproduced: the plain net is not {RETENTION_MARGIN} R^2 below both')
-            lines.append(f"**Input retention at the deepest block, depth {depth}, {state}**: R^2 plain "
+            lines.append(f"**Input retention at the deepest block, {where.format(depth)}, {state}**: R^2 plain "
                          f"{r2['plain']:.2f}, residual {r2['residual']:.2f}, PNNH {r2['pnnh']:.2f} (CKA "
                          f"{cka['plain']:.2f} / {cka['residual']:.2f} / {cka['pnnh']:.2f}): {verdict}.")
     return [f'- {line}' for line in lines]

@@ -5,8 +5,9 @@ import timm
 
 from timm_pnnh.models import pnnh_resnet  # noqa: F401  (registers the ResNet families)
 from timm_pnnh.models import pnnh_vit  # noqa: F401  (registers the ViT families)
+from timm_pnnh.models import sasp_vit  # noqa: F401  (registers the SAS-P ViT baseline)
 
-FAMILY_MODULES = ('pnnh_resnet', 'pnnh_vit')
+FAMILY_MODULES = ('pnnh_resnet', 'pnnh_vit', 'sasp_vit')
 
 
 def registered_models(pattern: str = '') -> List[str]:
@@ -18,10 +19,11 @@ def registered_models(pattern: str = '') -> List[str]:
 
 
 def family_of(name: str) -> str:
-    """'pnnh', 'plain' or 'residual' (the ``cifar_*`` baselines) for a registered model name."""
-    return {'pnnh': 'pnnh', 'plain': 'plain'}.get(name.split('_', 1)[0], 'residual')
+    """'pnnh', 'plain', 'sasp' (the skipless SAS-P ViTs) or 'residual' (the ``cifar_*`` baselines) for a
+    registered model name."""
+    return {'pnnh': 'pnnh', 'plain': 'plain', 'sasp': 'sasp'}.get(name.split('_', 1)[0], 'residual')
 
 
 def model_names(family: str, pattern: str = '') -> List[str]:
-    """The registered names of one family ('pnnh', 'plain' or 'residual')."""
+    """The registered names of one family ('pnnh', 'plain', 'sasp' or 'residual')."""
     return [name for name in registered_models(pattern) if family_of(name) == family]

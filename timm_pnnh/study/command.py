@@ -71,7 +71,8 @@ def default_out(preset: str) -> str:
 
 # the presets whose study.json makes the results page; the quick demonstration's numbers never do
 # (README's Results are the converged CPU study; the other converged presets have their own docs page)
-RESULTS_PAGES = {'converged-cpu': 'README.md', 'long-cpu': 'docs/results-long-cpu.md', 'converged': 'docs/results-gpu.md'}
+RESULTS_PAGES = {'converged-cpu': 'README.md', 'long-cpu': 'docs/results-long-cpu.md', 'vit-cpu': 'docs/results-vit-cpu.md',
+                 'depth-cpu': 'docs/results-depth-cpu.md', 'converged': 'docs/results-gpu.md'}
 
 
 def results_page_command(args, preset: Preset, out: Path) -> Optional[str]:

@@ -5,9 +5,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_pnnh.diagnostics import plot_retention
 from timm_pnnh.files import save_figure
-from timm_pnnh.study.presets import FAMILIES
 
-FAMILY_COLORS = {'plain': 'tab:red', 'residual': 'tab:blue', 'pnnh': 'tab:green'}
+FAMILY_COLORS = {'plain': 'tab:red', 'residual': 'tab:blue', 'pnnh': 'tab:green', 'sasp': 'tab:purple'}
 # (file, x key, x label, scale to the axis unit, lower x is better)
 FRONTS = (
     ('accuracy_vs_params.png', 'params', 'parameters (thousands)', 1e-3, True),
@@ -55,7 +54,7 @@ def write_plots(summary: Sequence[Dict], out: Path) -> Tuple[List[str], Optional
     depths = {s['depth'] for s in summary if s['arch'] == 'resnet'}
     if len(depths) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for family in FAMILIES:
+        for family in FAMILY_COLORS:
             pts = sorted((s['depth'], s['acc_mean'], s['acc_std'] or 0) for s in summary
                          if s['family'] == family and s['arch'] == 'resnet' and not s['model_kwargs'])
             if pts:
@@ -70,7 +69,7 @@ def write_plots(summary: Sequence[Dict], out: Path) -> Tuple[List[str], Optional
         if not measured:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for family in FAMILIES:
+        for family in FAMILY_COLORS:
             mine = [s for s in measured if s['family'] == family]
             if not mine:
                 continue

@@ -1,7 +1,7 @@
 """The study's models and schedules: ``Row`` (one model), ``Preset`` (rows, recipe, seeds, data sizes),
 the named ``PRESETS`` and the command-line overrides (``resolve_preset``)."""
 from dataclasses import dataclass, replace
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 
@@ -11,11 +11,15 @@ from timm_pnnh.training import Recipe
 
 FAMILIES = ('plain', 'residual', 'pnnh')
 RESNET_NAMES = {'plain': 'plain_resnet{depth}', 'residual': 'cifar_resnet{depth}', 'pnnh': 'pnnh_resnet{depth}'}
-# the small-image ViTs (registered by timm_pnnh), for the presets with ``vit``
-VIT_NAMES = {'plain': 'plain_vit_tiny_patch4_32', 'residual': 'cifar_vit_tiny_patch4_32', 'pnnh': 'pnnh_vit_tiny_patch4_32'}
+# the small-image ViTs (registered by timm_pnnh), for the presets with ``vit_variants``; ``sasp`` is the
+# skipless SAS-P ViT (models/sasp_vit.py), the published baseline a PNNH ViT is also compared with
+VIT_NAMES = {'plain': 'plain_vit_tiny_patch4_32', 'residual': 'cifar_vit_tiny_patch4_32', 'pnnh': 'pnnh_vit_tiny_patch4_32',
+             'sasp': 'sasp_vit_tiny_patch4_32'}
 VIT_KWARGS = (('img_size', 28),)
-# ViTs train with AdamW (timm's choice for ViTs), not the ResNets' SGD at lr 0.1
-VIT_RECIPE = dict(opt='adamw', lr=1e-3, weight_decay=0.05)
+# ViTs train with a recipe shaped after DeiT's (AdamW, weight decay 0.05, linear warm-up then cosine decay), not
+# the ResNets' SGD at lr 0.1; peak lr 1e-3 for the short schedules, reached after a warm-up of 10% of the steps
+# (without one the PNNH ViT trained more slowly than the residual ViT in a short probe: docs/study.md)
+VIT_RECIPE = dict(opt='adamw', lr=1e-3, weight_decay=0.05, warmup_fraction=0.1)
 
 
 def row_recipe(row: 'Row', preset: 'Preset') -> Recipe:
@@ -40,7 +44,13 @@ class Row:
     model: str
     arch: str  # 'resnet' or 'vit'
     depth: Optional[int] = None  # ResNet depth (6n+2); None for the ViTs
-    kwargs: Tuple[Tuple[str, Any], ...] = ()
+    kwargs: Tuple[Tuple[str, Any], ...] = ()  # the knobs this row changes from the registered defaults
+    size: Tuple[Tuple[str, Any], ...] = ()  # input and width arguments every row of the preset's arch shares
+
+    @property
+    def model_kwargs(self) -> Dict[str, Any]:
+        """What ``timm.create_model`` takes for this row (without the data's classes and channels)."""
+        return dict(self.size, **dict(self.kwargs))
 
 
 # (family, model kwargs) per depth: the families at their registered defaults
@@ -72,6 +82,13 @@ CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + QUARTER_LEARNER_VARIAN
 # and the residual control of the split row's budget (without it, the split row is smaller but less
 # accurate than every residual row, and the comparison at equal accuracy is undecided)
 LONG_VARIANTS = (('residual', ()), ('pnnh', ()), SPLIT_VARIANTS[0], DECIDING_VARIANTS[-1])
+# the ViT study: the residual ViT, the plain ViT, the PNNH ViT at its defaults, a PNNH ViT whose coder and
+# MLP together are as wide as the ViT's MLP (C coder units + 3C MLP units = 4C), and the skipless SAS-P ViT
+VIT_STUDY_VARIANTS = (('residual', ()), ('plain', ()), ('pnnh', ()), ('pnnh', (('mlp_ratio', 3.0),)), ('sasp', ()))
+# depth 12 (the paper's ViT depth; the registered tiny size), patch 4 on 28x28 Fashion-MNIST (49 tokens and
+# the class token), width 96 in 3 heads of 32: half ViT-Tiny's width, so that the ten runs of 10 epochs
+# fit about 6 hours of 2 CPU cores in bf16 (ViT-Tiny's 192 would take about 10)
+VIT_STUDY_SIZE = (('img_size', 28), ('embed_dim', 96))
 
 
 @dataclass(frozen=True)
@@ -88,11 +105,12 @@ class Preset:
     train_size: int
     test_size: Optional[int]  # None: the whole test set
     diag_batch: int
-    vit: bool = False
     ablation: bool = False
     epochs: Optional[int] = None
     variants: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = FAMILY_VARIANTS
     device: str = 'cpu'
+    vit_variants: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()  # (family, knobs) of the ViT rows
+    vit_size: Tuple[Tuple[str, Any], ...] = VIT_KWARGS  # the ViT rows' input size and width
 
     @property
     def steps_per_epoch(self) -> Optional[int]:
@@ -113,12 +131,12 @@ PRESETS = {
     'quick': Preset('quick', Recipe(steps=120, batch_size=64), depths=(20, 56), seeds=(0, 1, 2), train_size=7680,
                     test_size=2000, diag_batch=128),
     'full': Preset('full', Recipe(steps=3000, batch_size=128), depths=(20, 56, 110), seeds=(0, 1, 2), train_size=60000,
-                   test_size=None, diag_batch=256, vit=True),
+                   test_size=None, diag_batch=256, vit_variants=FAMILY_VARIANTS),
     'ablation': Preset('ablation', Recipe(steps=120, batch_size=64), depths=(56,), seeds=(0, 1, 2), train_size=7680,
                        test_size=2000, diag_batch=128, ablation=True),
     # the whole of Fashion-MNIST until the ranking stops changing: for a GPU (bf16, channels_last)
     'converged': Preset('converged', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(20, 56, 110),
-                        seeds=(0, 1, 2), train_size=60000, test_size=None, diag_batch=256, vit=True, epochs=30,
+                        seeds=(0, 1, 2), train_size=60000, test_size=None, diag_batch=256, vit_variants=FAMILY_VARIANTS, epochs=30,
                         variants=CONVERGED_VARIANTS, device='cuda'),
     # the rows that decide the claims, at depth 56, on 2 CPU cores (fp32: the recipe its first rows ran with)
     'converged-cpu': Preset('converged-cpu', Recipe(batch_size=128, channels_last=True), depths=(56,), seeds=(0, 1),
@@ -128,6 +146,13 @@ PRESETS = {
     # bf16 matrix units: docs/study.md has the measurement, and the paired check that it learns the same)
     'long-cpu': Preset('long-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(56,), seeds=(0, 1),
                        train_size=60000, test_size=None, diag_batch=256, epochs=10, variants=LONG_VARIANTS),
+    # the Transformer half of the paper on 2 CPU cores: five ViTs of depth 12 (VIT_STUDY_VARIANTS), 10 epochs
+    'vit-cpu': Preset('vit-cpu', Recipe(batch_size=128, amp='bf16', **VIT_RECIPE), depths=(), seeds=(0, 1), train_size=60000,
+                      test_size=None, diag_batch=256, epochs=10, variants=(), vit_variants=VIT_STUDY_VARIANTS,
+                      vit_size=VIT_STUDY_SIZE),
+    # the depth axis: plain, residual and PNNH at depths 20, 56 and 110 on the converged-cpu budget, in bf16
+    'depth-cpu': Preset('depth-cpu', Recipe(batch_size=128, channels_last=True, amp='bf16'), depths=(20, 56, 110),
+                        seeds=(0, 1), train_size=60000, test_size=None, diag_batch=256, epochs=3),
 }
 
 
@@ -136,7 +161,7 @@ def knob_label(kwargs) -> str:
 
 
 def preset_rows(preset: Preset) -> List[Row]:
-    """The preset's models: ResNet rows per depth, then the ViT rows (presets with ``vit``)."""
+    """The preset's models: ResNet rows per depth, then the ViT rows (``vit_variants``)."""
     rows = []
     if preset.ablation:
         for depth in preset.depths:
@@ -149,8 +174,9 @@ def preset_rows(preset: Preset) -> List[Row]:
         for family, knobs in preset.variants:
             label = f'{family}-{depth}' + (f' {knob_label(knobs)}' if knobs else '')
             rows.append(Row(label, family, RESNET_NAMES[family].format(depth=depth), 'resnet', depth, knobs))
-    if preset.vit:
-        rows += [Row(f'{family}-vit', family, VIT_NAMES[family], 'vit', None, VIT_KWARGS) for family in FAMILIES]
+    for family, knobs in preset.vit_variants:
+        label = f'{family}-vit' + (f' {knob_label(knobs)}' if knobs else '')
+        rows.append(Row(label, family, VIT_NAMES[family], 'vit', None, knobs, preset.vit_size))
     return rows
 
 

@@ -60,7 +60,7 @@ def load_data(preset: Preset, data_dir=None, data_seed: int = 0) -> Data:
 def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoint: Optional[Path] = None) -> Dict:
     """Train and measure one (model, seed); return its record. With ``checkpoint`` (presets that count
     epochs) the training state is kept there after every epoch and a stopped run continues from it."""
-    kwargs = dict(row.kwargs, num_classes=10, in_chans=data.train[0].shape[1])
+    kwargs = dict(row.model_kwargs, num_classes=10, in_chans=data.train[0].shape[1])
     tic = time.perf_counter()
     torch.manual_seed(seed)  # the same initialisation train_and_evaluate builds
     init_model = timm.create_model(row.model, **kwargs)
@@ -99,7 +99,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoi
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
     """What a record must match to be reused."""
-    return dict(model=row.model, kwargs=dict(row.kwargs), seed=seed, recipe=asdict(row_recipe(row, preset)),
+    return dict(model=row.model, kwargs=row.model_kwargs, seed=seed, recipe=asdict(row_recipe(row, preset)),
                 train_size=len(data.train[0]), test_size=len(data.test[0]), diag_batch=preset.diag_batch,
                 data=data.source, retention=RETENTION_METHOD, eval_every=preset.steps_per_epoch or 0,
                 device=preset.device)
@@ -185,7 +185,7 @@ SPEED_STEPS, SPEED_WARMUP = 3, 2  # per timed repeat, and untimed steps first (`
 def speed_settings(rows: Sequence[Row], preset: Preset, data: Data, repeats: int) -> Dict:
     """What ``measure_speed`` runs: every row as a bench spec at the study's batch, input and device."""
     images = data.train[0]
-    specs = {row.label: model_spec(row.model, dict(row.kwargs, num_classes=10, in_chans=images.shape[1])) for row in rows}
+    specs = {row.label: model_spec(row.model, dict(row.model_kwargs, num_classes=10, in_chans=images.shape[1])) for row in rows}
     reference = next((row.label for row in rows if row.family == 'residual' and not row.kwargs), rows[0].label)
     return dict(specs=specs, reference=specs[reference], batch_size=preset.recipe.batch_size, img_size=images.shape[-1],
                 device=preset.device, channels_last=preset.recipe.channels_last, amp=preset.recipe.amp,
