@@ -48,7 +48,8 @@ def test_vit_rows_are_in_the_presets_with_vits():
 
 def test_vit_study_rows_build_depth_12_vits_of_one_width():
     rows = study.preset_rows(study.PRESETS['vit-cpu'])
-    assert [r.label for r in rows] == ['residual-vit', 'plain-vit', 'pnnh-vit', 'pnnh-vit mlp_ratio=3.0', 'sasp-vit']
+    assert [r.label for r in rows] == ['residual-vit', 'plain-vit', 'pnnh-vit', 'pnnh-vit coder_ratio=2.0',
+                                       'pnnh-vit mlp_ratio=3.0', 'sasp-vit']
     nets = {r.label: timm.create_model(r.model, **r.model_kwargs, num_classes=10, in_chans=1) for r in rows}
     assert {len(n.blocks) for n in nets.values()} == {12} and {n.embed_dim for n in nets.values()} == {96}
     assert {n.patch_embed.img_size for n in nets.values()} == {(28, 28)}

@@ -28,8 +28,8 @@ Presets:
   rows trained in 138 minutes on 2 CPU cores.
 * ``long-cpu`` -- residual, PNNH and the 0.5 + 0.5 split PNNH at depth 56, 2 seeds, 10 epochs, bf16
   autocast and channels_last on 2 CPU cores.
-* ``vit-cpu`` -- the Transformer half: the residual ViT, the plain ViT, the PNNH ViT, a PNNH ViT whose
-  coder and MLP together are as wide as the ViT's MLP (``mlp_ratio=3``) and the skipless SAS-P ViT
+* ``vit-cpu`` -- the Transformer half: the residual ViT, the plain ViT, the PNNH ViT, the PNNH ViT
+  with the exact signed-Dirac coder (``coder_ratio=2``), a PNNH ViT whose coder and MLP together are as wide as the ViT's MLP (``mlp_ratio=3``) and the skipless SAS-P ViT
   (He & Hofmann 2024), all of depth 12 and width 96 on 28x28 Fashion-MNIST (patch 4), 2 seeds, 10 epochs,
   AdamW with a warm-up (``VIT_RECIPE``), bf16 autocast on 2 CPU cores.
 * ``depth-cpu`` -- the depth axis: plain, residual and PNNH ResNets at depths 20, 56 and 110, 2 seeds,

@@ -82,12 +82,15 @@ CONVERGED_VARIANTS = DECIDING_VARIANTS + SPLIT_VARIANTS + QUARTER_LEARNER_VARIAN
 # and the residual control of the split row's budget (without it, the split row is smaller but less
 # accurate than every residual row, and the comparison at equal accuracy is undecided)
 LONG_VARIANTS = (('residual', ()), ('pnnh', ()), SPLIT_VARIANTS[0], DECIDING_VARIANTS[-1])
-# the ViT study: the residual ViT, the plain ViT, the PNNH ViT at its defaults, a PNNH ViT whose coder and
-# MLP together are as wide as the ViT's MLP (C coder units + 3C MLP units = 4C), and the skipless SAS-P ViT
-VIT_STUDY_VARIANTS = (('residual', ()), ('plain', ()), ('pnnh', ()), ('pnnh', (('mlp_ratio', 3.0),)), ('sasp', ()))
+# the ViT study: the residual ViT, the plain ViT, the PNNH ViT at its defaults, the PNNH ViT with the exact
+# signed-Dirac coder (2C units: the block is the identity at initialisation, where the default C-wide coder
+# is GELU and loses part of the input over 12 blocks), a PNNH ViT whose coder and MLP together are as wide
+# as the ViT's MLP (C coder units + 3C MLP units = 4C), and the skipless SAS-P ViT
+VIT_STUDY_VARIANTS = (('residual', ()), ('plain', ()), ('pnnh', ()), ('pnnh', (('coder_ratio', 2.0),)),
+                      ('pnnh', (('mlp_ratio', 3.0),)), ('sasp', ()))
 # depth 12 (the paper's ViT depth; the registered tiny size), patch 4 on 28x28 Fashion-MNIST (49 tokens and
 # the class token), width 96 in 3 heads of 32: half ViT-Tiny's width, so that the ten runs of 10 epochs
-# fit about 6 hours of 2 CPU cores in bf16 (ViT-Tiny's 192 would take about 10)
+# fit about 7 hours of 2 CPU cores in bf16 (ViT-Tiny's 192 would take about 12)
 VIT_STUDY_SIZE = (('img_size', 28), ('embed_dim', 96))
 
 
