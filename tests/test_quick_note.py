@@ -94,7 +94,7 @@ def _args(**overrides):
     (dict(preset='quick'), None),
     (dict(preset='ablation'), None),
     (dict(preset='full'), None),
-    (dict(preset='converged-cpu'), 'timm-pnnh report --from out/study.json --write-readme README.md'),
+    (dict(preset='converged-cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-converged-cpu.md'),
     (dict(preset='long-cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-long-cpu.md'),
     (dict(preset='converged', device='cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-gpu.md'),
     (dict(preset='converged-cpu', train_size=6400), None),  # a changed study is not the results page's

@@ -42,9 +42,9 @@ Presets:
 * ``ablation`` -- the PNNH knobs the paper leaves open, one at a time from the registered defaults,
   plus the residual reference, at depth 56 on the quick schedule.
 
-Only the converged presets (``converged``, ``converged-cpu``, ``long-cpu``), run as defined, end by
-printing the ``timm-pnnh report`` command that writes their results page (``docs/results.md``); no
-study proposes writing its numbers into the README.
+Only the presets with a results page (``command.RESULTS_PAGES``), run as defined, end by printing the
+``timm-pnnh report`` command that writes their page (``docs/results-PRESET.md``); the README's Results
+and the model card quote each page's first line (``timm-pnnh report --write-index``).
 
 The package: ``presets`` (``Row``, ``Preset``, ``PRESETS``, the rows of a preset), ``runs`` (the data,
 one run, the sweep and its records, the speed measurement), ``summary`` (the per-model summary, its
