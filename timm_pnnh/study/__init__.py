@@ -18,8 +18,9 @@ Presets:
 * ``quick`` -- depths 20 and 56, 3 seeds, 120 SGD steps of 64 images (one pass over 7,680 training
   images), 2,000 test images, retention on 2 x 128 images. A demonstration sized to finish within 15
   minutes on 2 idle CPU cores; its short schedule favours shallow nets. After its table it prints a
-  note computed from its numbers (``summary.quick_note``): which comparisons agree with the converged
-  study (results/study-converged-cpu) and where the short schedule disagrees, and why.
+  note computed from its numbers (``summary.quick_note``): which comparisons agree with the longest
+  finished studies (results/study-long-cpu; for the plain net results/study-converged-cpu) and where the
+  short schedule disagrees, and why.
 * ``converged-cpu`` -- the rows that decide the claims at depth 56 (plain, residual, PNNH, PNNH with
   a half-width learner, and a residual net whose branch is as narrow: timm's ``block_reduce_first=2``;
   the split-width PNNH rows, ``coder_ratio`` + ``learner_ratio`` 0.5 + 0.5 (also with
