@@ -327,8 +327,9 @@ def training_images(study: Dict) -> int:
 def results_index(target: Path) -> str:
     """The index of the results pages, for ``target`` (README.md, MODEL_CARD.md; the pages and the studies
     are found from its folder): one line per results page (``study.command.RESULTS_PAGES``) with its
-    schedule and its "In short" line, or that it has not run yet; the longest finished study first (most
-    training images seen; the first listed on a tie), then the others in their order."""
+    schedule and its "In short" line, or that it has not run yet (a page not written yet is left out); the
+    longest finished study first (most training images seen; the first listed on a tie), then the others
+    in their order."""
     root = target.parent
     studies = {preset: json.loads((root / results_study(preset)).read_text())
                for preset in RESULTS_PAGES if (root / results_study(preset)).is_file()}
@@ -339,7 +340,7 @@ def results_index(target: Path) -> str:
     if lead:
         lines += [f'**The longest schedule**, {link(lead)} ({schedule(studies[lead])}): {in_short(studies[lead])}', '',
                   'The other results pages:', '']
-    for preset in (p for p in RESULTS_PAGES if p != lead):
+    for preset in (p for p in RESULTS_PAGES if p != lead and (root / RESULTS_PAGES[p]).is_file()):
         said = (f'({schedule(studies[preset])}): {in_short(studies[preset])}' if preset in studies else
                 f'(`{preset}`): not run yet.')
         lines.append(f'- {link(preset)} {said}')
