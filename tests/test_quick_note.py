@@ -1,5 +1,5 @@
-"""The quick preset's note (how its short-schedule numbers compare with the converged study) and the
-line a study prints at its end: the report command for the results page, for converged presets only."""
+"""The quick preset's note (how its short-schedule numbers compare with the longest finished studies) and
+the line a study prints at its end: the report command for the results page, for its presets only."""
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from timm_pnnh import report
 from timm_pnnh.study import command, presets, summary
-from timm_pnnh.study.summary import CONVERGED, CONVERGED_STUDY, quick_note
+from timm_pnnh.study.summary import CONVERGED, CONVERGED_STUDY, LONGEST_STUDY, quick_note
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,21 +28,21 @@ def _quick(plain20, residual20, plain56, pnnh56, r2_plain56=0.08):
             _row('residual-56', 'residual', 56, [70.9, 70.3, 71.4], 0.70), _row('pnnh-56', 'pnnh', 56, pnnh56, 0.70)]
 
 
-def test_the_note_says_what_agrees_with_the_converged_study():
+def test_the_note_says_what_agrees_with_the_longest_studies():
     note = quick_note(_quick(plain20=[68.0, 68.1, 68.3], residual20=[68.5, 68.2, 68.7], plain56=[28.5, 10.5, 46.5],
                              pnnh56=[71.7, 70.8, 72.6]), 120)
     lines = note.splitlines()
-    assert lines[0].startswith(f'Against the converged study ({CONVERGED_STUDY}: depth 56, 3 epochs')
-    assert 'these 120-step numbers' in lines[0]
+    assert lines[0] == (f'Against the longest finished studies (depth 56, the whole training set: {LONGEST_STUDY}, 10 epochs; '
+                        f'for the plain net, which it does not train, {CONVERGED_STUDY}, 3 epochs), these 120-step numbers:')
     assert lines[1:] == [
         '- agrees: plain-56 vs plain-20 -39.6 +- 17.9 points: the plain net fails with depth '
-        '(converged: plain-56 6.8 points behind residual-56).',
-        '- agrees: pnnh-56 vs residual-56 +0.8 +- 0.4 points: on par, within 1 point (converged: PNNH 0.4 +- 0.1 points '
-        'behind, more than 2 std).',
+        '(3 epochs: plain-56 6.8 points behind residual-56).',
+        '- agrees: pnnh-56 vs residual-56 +0.8 +- 0.4 points: on par, within 1 point (10 epochs: PNNH 0.3 +- 0.3 points '
+        'behind, less than 2 std).',
         '- agrees: input retention at init, R^2 of the deepest block: plain-56 0.08, residual-56 0.70, pnnh-56 0.70: '
-        'the plain net loses the input (converged: 0.10 / 0.70 / 0.70).',
+        'the plain net loses the input (the 3-epoch study: 0.10 / 0.70 / 0.70).',
         '- agrees: plain-20 vs residual-20 -0.3 +- 0.2 points: the plain net is not ahead '
-        '(converged: plain-56 6.8 points behind residual-56).',
+        '(3 epochs: plain-56 6.8 points behind residual-56).',
     ]
     assert 'disagrees' not in note
 
@@ -51,12 +52,12 @@ def test_the_note_says_where_the_short_schedule_disagrees_and_why():
                              pnnh56=[60.0, 61.0, 59.5], r2_plain56=0.68), 120)
     lines = note.splitlines()[1:]
     assert lines[0] == ('- disagrees: plain-56 vs plain-20 +0.5 +- 0.2 points: 120 steps do not show the plain net failing '
-                        'with depth; the converged study does (plain-56 6.8 points behind residual-56).')
+                        'with depth; the 3-epoch study does (plain-56 6.8 points behind residual-56).')
     assert lines[1] == ('- disagrees: pnnh-56 vs residual-56 -10.7 +- 1.3 points: 120 steps leave PNNH behind by more than '
-                        '1 point and 2 std; the converged study has PNNH 0.4 +- 0.1 points behind, more than 2 std.')
+                        '1 point and 2 std; at 10 epochs PNNH is 0.3 +- 0.3 points behind, less than 2 std.')
     assert lines[2].startswith('- disagrees: input retention at init') and 'the plain net is not 0.05 below both' in lines[2]
     assert lines[3] == ('- disagrees: plain-20 vs residual-20 +7.2 +- 1.4 points: 120 steps favour the shallow plain net; '
-                        'the converged study trains 3 epochs, where plain-56 leads residual-56 after the first '
+                        'in the 3-epoch study plain-56 leads residual-56 after the first epoch '
                         '(71.3 vs 67.3) and ends 6.8 points behind (85.4 vs 92.2).')
 
 
@@ -70,18 +71,37 @@ def test_the_note_needs_rows_to_compare():
     assert '(one seed, no spread)' in quick_note(one_seed, 120)
 
 
-def test_the_converged_reference_is_the_converged_studys_numbers():
+def _depth56(study, family):
+    return next((s for s in study['summary'] if s['family'] == family and not s['model_kwargs'] and s['depth'] == 56
+                 and s['arch'] == 'resnet'), None)
+
+
+def test_the_references_are_the_longest_finished_studies():
+    """No finished results study is longer than the one the note names for what it compares."""
+    studies = [json.loads((ROOT / command.results_study(p)).read_text()) for p in command.RESULTS_PAGES
+               if (ROOT / command.results_study(p)).is_file()]
+    finished = [s for s in studies if not s.get('pending')]
+
+    def longest(families):
+        having = [s for s in finished if all(_depth56(s, f) for f in families)]
+        return max(having, key=report.training_images)['command'].split('--out ')[1].split()[0]
+    assert longest(('pnnh', 'residual')) == LONGEST_STUDY
+    assert longest(('plain', 'residual', 'pnnh')) == CONVERGED_STUDY
+
+
+def test_the_references_are_the_studies_numbers():
     study = json.loads((ROOT / CONVERGED_STUDY / 'study.json').read_text())
     assert study['command'].startswith('timm-pnnh study --preset converged-cpu') and study['epochs'] == summary.CONVERGED_EPOCHS
-    rows = {s['family']: s for s in study['summary'] if not s['model_kwargs'] and s['depth'] == 56}
     for family, expected in CONVERGED.items():
-        row = rows[family]
+        row = _depth56(study, family)
         assert row['epochs'][0]['epoch'] == 1 and row['epochs'][0]['acc_mean'] == pytest.approx(expected['first'], abs=0.005)
         assert row['acc_mean'] == pytest.approx(expected['last'], abs=0.005)
         assert row['retention_init'][-1]['r2'] == pytest.approx(expected['r2_init'], abs=0.005)
-    mean, std, _ = summary.paired(rows['pnnh'], rows['residual'])
-    assert (mean, std) == (pytest.approx(summary.CONVERGED_PNNH_GAP['mean'], abs=0.005),
-                           pytest.approx(summary.CONVERGED_PNNH_GAP['std'], abs=0.005))
+    study = json.loads((ROOT / LONGEST_STUDY / 'study.json').read_text())
+    assert study['command'].startswith('timm-pnnh study --preset long-cpu') and study['epochs'] == summary.LONGEST_EPOCHS
+    mean, std, _ = summary.paired(_depth56(study, 'pnnh'), _depth56(study, 'residual'))
+    assert (mean, std) == (pytest.approx(summary.LONGEST_PNNH_GAP['mean'], abs=0.005),
+                           pytest.approx(summary.LONGEST_PNNH_GAP['std'], abs=0.005))
 
 
 def _args(**overrides):
@@ -94,7 +114,7 @@ def _args(**overrides):
     (dict(preset='quick'), None),
     (dict(preset='ablation'), None),
     (dict(preset='full'), None),
-    (dict(preset='converged-cpu'), 'timm-pnnh report --from out/study.json --write-readme README.md'),
+    (dict(preset='converged-cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-converged-cpu.md'),
     (dict(preset='long-cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-long-cpu.md'),
     (dict(preset='converged', device='cpu'), 'timm-pnnh report --from out/study.json --write-readme docs/results-gpu.md'),
     (dict(preset='converged-cpu', train_size=6400), None),  # a changed study is not the results page's

@@ -275,7 +275,7 @@ def test_tiny_study_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith('| ') and 'resnet20' in line]
     assert [line.split('|')[2].strip() for line in table] == ['plain', 'residual', 'pnnh']
-    assert 'Against the converged study (results/study-converged-cpu' in printed and 'input retention at init' in printed
+    assert 'Against the longest finished studies (depth 56' in printed and 'input retention at init' in printed
     assert '--write-readme' not in printed  # the demonstration's numbers never go into a results page
     result = json.loads((out / 'study.json').read_text())
     assert len(result['runs']) == 6 and result['seeds'] == [0, 1] and result['recipe']['steps'] == 2
@@ -309,7 +309,7 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert '| model | epoch 1 | epoch 2 |' in printed
-    assert 'Results page' not in printed and 'Against the converged study' not in printed  # not the preset as defined
+    assert 'Results page' not in printed and 'Against the longest' not in printed  # not the preset as defined
     result = json.loads((out / 'study.json').read_text())
     labels = [s['label'] for s in result['summary']]
     assert labels == ['plain-20', 'residual-20', 'pnnh-20', 'pnnh-20 learner_ratio=0.5', 'residual-20 block_reduce_first=2',

@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import yaml
 
 import timm_pnnh  # noqa: F401
+from timm_pnnh.models.pnnh_resnet import _Coder
 from timm.utils.model import reparameterize_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,12 +133,15 @@ def test_train_then_validate(model, tiny_imagefolder, tmp_path):
     with open(run_dir / 'summary.csv') as f:
         summary = list(csv.DictReader(f))[-1]  # train.py's evaluation, of the EMA weights with --model-ema
 
-    # the EMA weights folded by timm's reparameterize_model, saved, and validated as create_model(inference_mode=True)
+    # the EMA weights folded by timm's reparameterize_model (what validate.py --reparam calls), saved, and
+    # validated as create_model(inference_mode=True)
     trained = timm.create_model(model, num_classes=2)
     trained.load_state_dict(checkpoint['state_dict_ema'])
+    trained_params = sum(p.numel() for p in trained.parameters())
+    deployed = reparameterize_model(trained.eval())
     deployed_file = tmp_path / 'deployed.safetensors'
-    safetensors.torch.save_file(reparameterize_model(trained.eval()).state_dict(), str(deployed_file))
-    results = {}
+    safetensors.torch.save_file(deployed.state_dict(), str(deployed_file))
+    results, logged_params = {}, {}
     for mode, extra in (('trained', ['--checkpoint', str(run_dir / 'last.pth.tar'), '--use-ema']),
                         ('reparam', ['--checkpoint', str(run_dir / 'last.pth.tar'), '--use-ema', '--reparam']),
                         ('inference_mode', ['--checkpoint', str(deployed_file), '--model-kwargs', 'inference_mode=True'])):
@@ -147,13 +152,22 @@ def test_train_then_validate(model, tiny_imagefolder, tmp_path):
                         '--results-format', 'json'], cwd=tmp_path)
         assert validate.returncode == 0, validate.stderr[-4000:]
         results[mode] = json.loads(results_file.read_text())
+        counts = re.findall(rf'Model {model} created, param count: (\d+)', validate.stdout + validate.stderr)
+        assert len(counts) == 1, (validate.stdout + validate.stderr)[-4000:]
+        logged_params[mode] = int(counts[0])
     plain, reparameterized = results['trained'], results['reparam']
-    assert (results['inference_mode']['top1'], results['inference_mode']['top5']) == (plain['top1'], plain['top5'])
     assert plain['model'] == reparameterized['model'] == model
-    assert (plain['top1'], plain['top5']) == (reparameterized['top1'], reparameterized['top5'])
-    hooks = ('fuse', 'reparameterize', 'switch_to_deploy')  # what timm's reparameterize_model calls
-    if any(hasattr(m, h) for m in timm.create_model(model).modules() for h in hooks):
-        assert reparameterized['param_count'] != plain['param_count'], '--reparam changed nothing'
+    # the fold itself: every PNNH block is in its deployed form; in the ResNet the weight-shared coders are gone
+    # (folded into plain convs beside the learner's); the ViT's side-by-side fold keeps its linear coders
+    blocks = [m for m in deployed.modules() if hasattr(m, 'inference_mode')]
+    assert blocks and all(block.inference_mode for block in blocks)
+    assert not any(isinstance(m, _Coder) for m in deployed.modules())
+    # validate.py --reparam ran that fold (the exact parameter count it logs), and the folded net, run by
+    # validate.py or rebuilt with inference_mode=True from the saved weights, scores as the trained one
+    assert logged_params == dict(trained=trained_params, reparam=sum(p.numel() for p in deployed.parameters()),
+                                 inference_mode=sum(p.numel() for p in deployed.parameters()))
+    for mode in ('reparam', 'inference_mode'):
+        assert (results[mode]['top1'], results[mode]['top5']) == (plain['top1'], plain['top5']), mode
     assert plain['top1'] == pytest.approx(float(summary['eval_top1']))
     assert plain['top5'] == pytest.approx(float(summary['eval_top5']))
 

@@ -34,15 +34,15 @@ def write_json(path: os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=1))
 
 
-def check_markers(path: os.PathLike, markers: Sequence[str]) -> str:
-    """The text of ``path`` (a README given as ``--write-readme``) if it has the ``markers`` block."""
+def check_markers(path: os.PathLike, markers: Sequence[str], option: str = '--write-readme') -> str:
+    """The text of ``path`` (a README given as ``option``) if it has the ``markers`` block."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f'--write-readme={str(path)!r}: no such file')
+        raise UsageError(f'{option}={str(path)!r}: no such file')
     text = path.read_text()
     start, end = (re.escape(m) for m in markers)
     if not re.search(f'{start}.*?{end}', text, re.S):
-        raise UsageError(f'--write-readme={str(path)!r}: the file has no {markers[0]} ... {markers[1]} block')
+        raise UsageError(f'{option}={str(path)!r}: the file has no {markers[0]} ... {markers[1]} block')
     return text
 
 

@@ -18,8 +18,9 @@ Presets:
 * ``quick`` -- depths 20 and 56, 3 seeds, 120 SGD steps of 64 images (one pass over 7,680 training
   images), 2,000 test images, retention on 2 x 128 images. A demonstration sized to finish within 15
   minutes on 2 idle CPU cores; its short schedule favours shallow nets. After its table it prints a
-  note computed from its numbers (``summary.quick_note``): which comparisons agree with the converged
-  study (results/study-converged-cpu) and where the short schedule disagrees, and why.
+  note computed from its numbers (``summary.quick_note``): which comparisons agree with the longest
+  finished studies (results/study-long-cpu; for the plain net results/study-converged-cpu) and where the
+  short schedule disagrees, and why.
 * ``converged-cpu`` -- the rows that decide the claims at depth 56 (plain, residual, PNNH, PNNH with
   a half-width learner, and a residual net whose branch is as narrow: timm's ``block_reduce_first=2``;
   the split-width PNNH rows, ``coder_ratio`` + ``learner_ratio`` 0.5 + 0.5 (also with
@@ -42,9 +43,9 @@ Presets:
 * ``ablation`` -- the PNNH knobs the paper leaves open, one at a time from the registered defaults,
   plus the residual reference, at depth 56 on the quick schedule.
 
-Only the converged presets (``converged``, ``converged-cpu``, ``long-cpu``), run as defined, end by
-printing the ``timm-pnnh report`` command that writes their results page (``docs/results.md``); no
-study proposes writing its numbers into the README.
+Only the presets with a results page (``command.RESULTS_PAGES``), run as defined, end by printing the
+``timm-pnnh report`` command that writes their page (``docs/results-PRESET.md``); the README's Results
+and the model card quote each page's first line (``timm-pnnh report --write-index``).
 
 The package: ``presets`` (``Row``, ``Preset``, ``PRESETS``, the rows of a preset), ``runs`` (the data,
 one run, the sweep and its records, the speed measurement), ``summary`` (the per-model summary, its

@@ -69,10 +69,20 @@ def default_out(preset: str) -> str:
     return f'output/study-{preset}'
 
 
-# the presets whose study.json makes the results page; the quick demonstration's numbers never do
-# (README's Results are the converged CPU study; the other converged presets have their own docs page)
-RESULTS_PAGES = {'converged-cpu': 'README.md', 'long-cpu': 'docs/results-long-cpu.md', 'vit-cpu': 'docs/results-vit-cpu.md',
-                 'depth-cpu': 'docs/results-depth-cpu.md', 'converged': 'docs/results-gpu.md'}
+# the presets whose study.json makes a results page, in the order the README's index lists them (adding a
+# page is one entry here); the quick demonstration's numbers never do. Each page's study is
+# results_study(preset), the ``--out`` its page names; ``timm-pnnh report --write-index`` reads them.
+RESULTS_PAGES = {'long-cpu': 'docs/results-long-cpu.md', 'converged-cpu': 'docs/results-converged-cpu.md',
+                 'vit-cpu': 'docs/results-vit-cpu.md', 'depth-cpu': 'docs/results-depth-cpu.md',
+                 'converged': 'docs/results-gpu.md'}
+
+
+INDEX_COMMAND = 'timm-pnnh report --write-index README.md --write-index MODEL_CARD.md'
+
+
+def results_study(preset: str) -> str:
+    """The study.json of a preset's results page, relative to the repository root."""
+    return f'results/study-{preset}/study.json'
 
 
 def results_page_command(args, preset: Preset, out: Path) -> Optional[str]:
@@ -131,7 +141,7 @@ def run(args) -> int:
         print(message, file=sys.stderr)
     report = results_page_command(args, preset, out)
     if report:
-        print(f'Results page: {report}')
+        print(f'Results page: {report}\nThen the index of the pages (from {results_study(args.preset)}): {INDEX_COMMAND}')
     return 0
 
 

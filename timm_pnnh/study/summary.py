@@ -1,5 +1,5 @@
 """The study's per-model summary (accuracy over seeds, per epoch, speed, retention), its tables, and
-the quick preset's note: how its short-schedule numbers compare with the converged study."""
+the quick preset's note: how its short-schedule numbers compare with the longest finished studies."""
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -105,10 +105,16 @@ def fmt_paired(d: float, s: Optional[float]) -> str:
     return f'{d:+.1f} +- {s:.1f}' if s is not None else f'{d:+.1f} (one seed, no spread)'
 
 
-# What the converged study found (``timm-pnnh study --preset converged-cpu``: depth 56, 3 epochs of the
-# whole training set), per family at its defaults: test accuracy after the first and the last epoch
-# (mean over seeds) and the deepest block's R^2 at initialisation. The quick preset's note compares
-# with these; tests/test_study.py checks them against the study.json in CONVERGED_STUDY.
+# What the longest finished studies found at depth 56, per family at its defaults; the quick preset's note
+# compares with these, and tests/test_quick_note.py checks them against the study.json files and that no
+# finished results study is longer. LONGEST_STUDY (``--preset long-cpu``) has no plain rows: the plain
+# net's figures come from the longest study that has them, CONVERGED_STUDY (``--preset converged-cpu``):
+# test accuracy after the first and the last epoch (mean over seeds) and the deepest block's R^2 at
+# initialisation.
+LONGEST_STUDY = 'results/study-long-cpu'
+LONGEST_EPOCHS = 10
+# pnnh-56 minus residual-56 in LONGEST_STUDY, paired over the seeds: mean and std of the difference
+LONGEST_PNNH_GAP = dict(mean=-0.31, std=0.26)
 CONVERGED_STUDY = 'results/study-converged-cpu'
 CONVERGED_EPOCHS = 3
 CONVERGED = {
@@ -116,8 +122,6 @@ CONVERGED = {
     'residual': dict(first=67.35, last=92.22, r2_init=0.70),
     'pnnh': dict(first=78.10, last=91.78, r2_init=0.70),
 }
-# pnnh-56 minus residual-56, paired over the seeds: mean and std of the difference
-CONVERGED_PNNH_GAP = dict(mean=-0.44, std=0.08)
 PAR_POINTS = 1.0  # PNNH within this many points (or 2 std) of the residual net counts as on par
 
 
@@ -127,7 +131,7 @@ def _beyond_noise(d: float, s: Optional[float]) -> bool:
 
 def quick_note(summary: Sequence[Dict], steps: int) -> str:
     """Which comparisons of a short-schedule study (the quick preset, ``steps`` SGD steps) agree with the
-    converged study, and where they disagree and why; computed from ``summary`` ('' without a pair)."""
+    longest finished studies, and where they disagree and why; computed from ``summary`` ('' without a pair)."""
     base = {(s['family'], s['depth']): s for s in summary if s['arch'] == 'resnet' and not s['model_kwargs']}
     depths = sorted({depth for _, depth in base})
     if not depths:
@@ -135,9 +139,10 @@ def quick_note(summary: Sequence[Dict], steps: int) -> str:
     shallow, deep = depths[0], depths[-1]
     plain, residual, pnnh = (CONVERGED[f] for f in ('plain', 'residual', 'pnnh'))
     plain_behind = f"plain-56 {residual['last'] - plain['last']:.1f} points behind residual-56"
-    gap = CONVERGED_PNNH_GAP  # said with its noise: a gap inside the par band can still be beyond 2 std
-    converged_gap = (f"{-gap['mean']:.1f} +- {gap['std']:.1f} points behind, "
-                     f"{'more' if _beyond_noise(gap['mean'], gap['std']) else 'less'} than 2 std")
+    plain_study, long_study = f'the {CONVERGED_EPOCHS}-epoch study', f'{LONGEST_EPOCHS} epochs'
+    gap = LONGEST_PNNH_GAP  # said with its noise: a gap inside the par band can still be beyond 2 std
+    long_gap = (f"{-gap['mean']:.1f} +- {gap['std']:.1f} points behind, "
+                f"{'more' if _beyond_noise(gap['mean'], gap['std']) else 'less'} than 2 std")
     lines = []
 
     def compare(a, b, agrees, agreeing, disagreeing):
@@ -148,31 +153,32 @@ def quick_note(summary: Sequence[Dict], steps: int) -> str:
 
     if shallow != deep and ('plain', shallow) in base and ('plain', deep) in base:
         compare(base[('plain', deep)], base[('plain', shallow)], lambda d, s: d < 0 and _beyond_noise(d, s),
-                lambda d, s: f'the plain net fails with depth (converged: {plain_behind})',
-                lambda d, s: f'{steps} steps do not show the plain net failing with depth; the converged study does '
+                lambda d, s: f'the plain net fails with depth ({CONVERGED_EPOCHS} epochs: {plain_behind})',
+                lambda d, s: f'{steps} steps do not show the plain net failing with depth; {plain_study} does '
                              f'({plain_behind})')
     if ('pnnh', deep) in base and ('residual', deep) in base:
         compare(base[('pnnh', deep)], base[('residual', deep)], lambda d, s: abs(d) <= PAR_POINTS or not _beyond_noise(d, s),
                 lambda d, s: f"on par, within {f'{PAR_POINTS:g} point' if _beyond_noise(d, s) else '2 std'} "
-                             f"(converged: PNNH {converged_gap})",
+                             f"({long_study}: PNNH {long_gap})",
                 lambda d, s: f"{steps} steps leave PNNH {'behind' if d < 0 else 'ahead'} by more than {PAR_POINTS:g} point "
-                             f"and 2 std; the converged study has PNNH {converged_gap}")
+                             f"and 2 std; at {long_study} PNNH is {long_gap}")
     if all((f, deep) in base for f in CONVERGED):
         r2 = {f: base[(f, deep)]['retention_init'][-1]['r2'] for f in CONVERGED}
         ok = r2['plain'] < min(r2['residual'], r2['pnnh']) - RETENTION_MARGIN
         lines.append(f"- {'agrees' if ok else 'disagrees'}: input retention at init, R^2 of the deepest block: "
                      + ', '.join(f'{f}-{deep} {r2[f]:.2f}' for f in CONVERGED)
                      + (': the plain net loses the input' if ok else f': the plain net is not {RETENTION_MARGIN:g} below both')
-                     + f" (converged: {plain['r2_init']:.2f} / {residual['r2_init']:.2f} / {pnnh['r2_init']:.2f}).")
+                     + f" ({plain_study}: {plain['r2_init']:.2f} / {residual['r2_init']:.2f} / {pnnh['r2_init']:.2f}).")
     if shallow != deep and ('plain', shallow) in base and ('residual', shallow) in base:
         leads = 'leads' if plain['first'] > residual['first'] else 'trails'
         compare(base[('plain', shallow)], base[('residual', shallow)], lambda d, s: not (d > 0 and _beyond_noise(d, s)),
-                lambda d, s: f'the plain net is not ahead (converged: {plain_behind})',
-                lambda d, s: f'{steps} steps favour the shallow plain net; the converged study trains {CONVERGED_EPOCHS} '
-                             f"epochs, where plain-56 {leads} residual-56 after the first ({plain['first']:.1f} vs "
+                lambda d, s: f'the plain net is not ahead ({CONVERGED_EPOCHS} epochs: {plain_behind})',
+                lambda d, s: f'{steps} steps favour the shallow plain net; in {plain_study} plain-56 {leads} '
+                             f"residual-56 after the first epoch ({plain['first']:.1f} vs "
                              f"{residual['first']:.1f}) and ends {residual['last'] - plain['last']:.1f} points behind "
                              f"({plain['last']:.1f} vs {residual['last']:.1f})")
     if not lines:
         return ''
-    return '\n'.join([f'Against the converged study ({CONVERGED_STUDY}: depth 56, {CONVERGED_EPOCHS} epochs of the '
-                      f'whole training set), these {steps}-step numbers:', *lines])
+    return '\n'.join([f'Against the longest finished studies (depth 56, the whole training set: {LONGEST_STUDY}, '
+                      f'{LONGEST_EPOCHS} epochs; for the plain net, which it does not train, {CONVERGED_STUDY}, '
+                      f'{CONVERGED_EPOCHS} epochs), these {steps}-step numbers:', *lines])
