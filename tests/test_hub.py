@@ -114,7 +114,8 @@ def test_every_tag_has_a_hub_cfg_and_cifar_models_keep_their_cifar10_default():
             assert cfg.hf_hub_id == (f'timm/{converted.source}' if converted else
                                      f'timm-pnnh/{name}' if name in _cfgs.PUBLISHED else None), name
             assert cfg.hf_hub_filename == 'model.safetensors', name
-            assert cfg.license == 'apache-2.0' and cfg.paper_ids == 'arXiv:2402.08645', name
+            paper = 'arXiv:2311.01906' if model_name.startswith('sasp_') else 'arXiv:2402.08645'  # the SAS-P baseline's own
+            assert cfg.license == 'apache-2.0' and cfg.paper_ids == paper, name
     for prefix in ('pnnh', 'plain', 'cifar'):
         for depth in (20, 56):
             default = get_pretrained_cfg(f'{prefix}_resnet{depth}')

@@ -183,6 +183,8 @@ def headline(study: Dict) -> str:
     traded = traded_rows(summary)
     if traded:
         said.append(_undecided(traded))
+    if not said and study.get('pending'):
+        said.append(f"no PNNH row has finished beside a row to compare it with yet ({len(study['pending'])} runs pending)")
     return f"**In short:** {'; '.join(said)}." if said else ''
 
 

@@ -36,6 +36,7 @@ from timm.layers import DropPath, LayerNorm, Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention, VisionTransformer
 
+from timm_pnnh.models._cfgs import hub_cfgs
 from timm_pnnh.models.pnnh_vit import _cfg, _create_vit, _small_image_cfg
 
 __all__ = ['ShapedAttention', 'SaspBlock', 'MLP_GAIN_INIT']
@@ -154,10 +155,10 @@ class SaspBlock(nn.Module):
         return self.attn_gain * self.attn(u) + self.mlp_gain * self.drop_path(self.mlp(u))
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(hub_cfgs({  # no weights are published for this baseline
     **{f'sasp_vit_{size}_patch16_224': _cfg(**PAPER) for size in ('tiny', 'small', 'base')},
     **{f'sasp_vit_{size}_patch4_32': _small_image_cfg(**PAPER) for size in ('tiny', 'small')},
-})
+}))
 
 
 @register_model
