@@ -17,7 +17,6 @@ the registered defaults: a checkpoint trained with ``--model-kwargs`` is refused
 """
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ from timm_pnnh.files import markdown_table, replace_folder
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 from timm_pnnh.models._converted import CONVERSIONS
+from timm_pnnh.schema import VALIDATE_RESULT, anything, check_json, read_json
 
 __all__ = ['DATASETS', 'PublishError', 'load_checkpoint_weights', 'load_results', 'render_card', 'write_folder',
            'push_folder', 'register']
@@ -124,28 +124,24 @@ def _check_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], 
 
 
 def load_results(path: str, architecture: str, tag: str, params: int) -> Dict[str, Any]:
-    """The one ``validate.py --results-file X --results-format json`` entry for ``architecture``."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise PublishError(f'--results {path}: not a readable JSON file ({e})') from e
+    """The one ``validate.py --results-file X --results-format json`` entry for ``architecture``, checked
+    (``schema.VALIDATE_RESULT``: accuracies in [0, 100], a finite parameter count...)."""
+    what = 'a validate.py --results-file (--results-format json)'
+    results = read_json('--results', path, anything, what)
+    name = f'--results={path!r}'
     entries = results if isinstance(results, list) else [results]
     entries = [r for r in entries if isinstance(r, dict) and split_model_name_tag(str(r.get('model', '')))[0] == architecture]
     if len(entries) != 1:
-        raise PublishError(f'--results {path}: expected one validate.py result for {architecture}, found {len(entries)}')
+        raise PublishError(f'{name}: expected one validate.py result for {architecture}, found {len(entries)}')
     result = entries[0]
     if 'error' in result:
-        raise PublishError(f'--results {path}: validation of {architecture} failed: {result["error"]}')
+        raise PublishError(f'{name}: validation of {architecture} failed: {result["error"]}')
+    check_json(name, result, VALIDATE_RESULT, f'{what} entry')
     result_tag = split_model_name_tag(result['model'])[1]
     if result_tag and result_tag != tag:
-        raise PublishError(f'--results {path}: results are for {result["model"]}, not {architecture}.{tag}')
-    for key in ('top1', 'top5'):
-        value = result.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
-            raise PublishError(f'--results {path}: {key}={value!r} is not an accuracy in [0, 100]')
+        raise PublishError(f'{name}: results are for {result["model"]}, not {architecture}.{tag}')
     if 'param_count' in result and abs(result['param_count'] - params / 1e6) > 0.006:
-        raise PublishError(f'--results {path}: param_count={result["param_count"]}M, but {architecture}.{tag} '
+        raise PublishError(f'{name}: param_count={result["param_count"]}M, but {architecture}.{tag} '
                            f'has {params / 1e6:.2f}M parameters: the results are for another model')
     return result
 

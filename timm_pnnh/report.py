@@ -6,14 +6,14 @@ input retention. Two rows are compared on their paired per-seed differences (the
 ``d +- s`` is the mean and the standard deviation of those differences; "within 2 std" means
 ``|d| <= 2 s``. With one seed there is no spread and the line says so.
 """
-import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
+from timm_pnnh.errors import check_output_dir
 from timm_pnnh.files import atomic_write, check_markers, markdown_table, write_between_markers
+from timm_pnnh.schema import STUDY, read_json
 from timm_pnnh.study.summary import RETENTION_MARGIN, epochs_table, fmt_acc, fmt_paired, paired, study_table
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
@@ -313,20 +313,15 @@ def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
     return copied
 
 
-STUDY_KEYS = ('command', 'date', 'hardware', 'recipe', 'seeds', 'data', 'train_seconds', 'plots', 'summary')
+def read_study(path: str) -> Dict:
+    """The study.json given as ``--from``, checked (``schema.STUDY``): a UsageError naming the file, the field
+    and the value when it is not one."""
+    return read_json('--from', path, STUDY, 'a study.json of `timm-pnnh study`')
 
 
 def check_arguments(args) -> None:
     """The ``report`` values: ``--from`` a study.json, ``--write-readme`` a file with the Results markers."""
-    check_input_file('--from', args.source)
-    try:
-        with open(args.source, encoding='utf-8') as f:
-            study = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f'--from={args.source!r} is not a JSON file ({e}); give the study.json of `timm-pnnh study`') from None
-    missing = [k for k in STUDY_KEYS if k not in study] if isinstance(study, dict) else list(STUDY_KEYS)
-    if missing:
-        raise UsageError(f'--from={args.source!r} is not a study.json of `timm-pnnh study`: no {", ".join(missing)}')
+    read_study(args.source)
     if args.write_readme:
         check_markers(args.write_readme, MARKERS)
         if args.plots_dir is not None:
@@ -336,7 +331,7 @@ def check_arguments(args) -> None:
 def run(args) -> int:
     check_arguments(args)
     source = Path(args.source)
-    study = json.loads(source.read_text())
+    study = read_study(args.source)
     plot_dir = None
     if args.write_readme:
         readme = Path(args.write_readme)

@@ -20,6 +20,7 @@ from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, retention
 from timm_pnnh.errors import UsageError
 from timm_pnnh.files import atomic_write, write_json
+from timm_pnnh.schema import RUN_RECORD, SPEED_REPORT, read_json
 from timm_pnnh.study.presets import Preset, Row, knob_label, row_recipe
 
 RETENTION_METHOD = 'ridge-gcv space-to-depth R^2, linear CKA, fraction > 0'  # records measured otherwise are redone
@@ -105,16 +106,10 @@ def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
                 device=preset.device)
 
 
-RECORD_KEYS = ('settings_digest', 'test_acc', 'params', 'seed', 'label', 'retention_init', 'retention_trained', 'seconds')
-
-
-def read_record(path: Path) -> Optional[Dict]:
-    """The run record at ``path``, or None when it is unreadable, empty, cut off or lacks a record's keys."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else None
+def read_record(path: Path) -> Dict:
+    """The run record at ``path``; a UsageError saying why when it is unreadable, empty, cut off or not a
+    run record (``schema.RUN_RECORD``: a field missing, of another type, not finite or out of range)."""
+    return read_json(None, path, RUN_RECORD, 'a run record')
 
 
 RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100 kB), plus as much for plots
@@ -149,15 +144,15 @@ def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bo
         settings = run_settings(row, seed, preset, data)
         digest = _digest(settings)
         if resume and path.is_file():
-            record = read_record(path)
-            if record is None:
-                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {path} is empty, cut off or not a run record; running again')
-            elif record.get('settings_digest') == digest:
-                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused '
-                    f'({record["test_acc"]:.2f}%)')
-                records.append(record)
-                continue
+            try:
+                record = read_record(path)
+            except UsageError as err:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {err}; running again')
             else:
+                if record['settings_digest'] == digest:
+                    log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused ({record["test_acc"]:.2f}%)')
+                    records.append(record)
+                    continue
                 log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
         if not train:
             log(f'[{i}/{len(todo)}] {row.label} seed {seed}: not finished yet (--finished-only: not trained)')
@@ -203,11 +198,12 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
     path = out / 'speed.json'
     if resume and path.is_file():
         try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            report = {}
-        earlier = report.get('settings') if isinstance(report, dict) else None
-        if isinstance(earlier, dict) and _digest(_but_hardware(earlier)) == _digest(_but_hardware(settings)):
+            report = read_json(None, path, SPEED_REPORT, 'the speed figures of a study')
+        except UsageError as err:
+            log(f'speed: {err}; measuring again')
+            report = dict(settings={})
+        earlier = report['settings']
+        if _digest(_but_hardware(earlier)) == _digest(_but_hardware(settings)):
             if earlier.get('hardware') == settings['hardware']:
                 log(f'speed: measured earlier, reused ({path})')
             else:
