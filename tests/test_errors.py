@@ -42,7 +42,7 @@ def files(tmp_path, monkeypatch):
     return paths
 
 
-DIAGNOSE = ['diagnose', '--batch-size', '4', '--img-size', '12']
+DIAGNOSE = ['diagnose', '--batch-size', '8', '--img-size', '12']
 CASES = [
     # models
     (['models', '--filter', 'zzz*'], r"--filter='zzz\*' matches no registered model"),
