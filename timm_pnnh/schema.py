@@ -61,21 +61,22 @@ def number(low: Optional[float] = None, high: Optional[float] = None, integer: b
     return _optional(check, none)
 
 
-def text(none: bool = False) -> Check:
-    """A string; ``none`` allows null."""
+def _of_type(kind: type, name: str, none: bool) -> Check:
     def check(value, field):
-        if not isinstance(value, str):
-            raise _bad(field, value, 'it must be a string' + (' or null' if none else ''))
+        if not isinstance(value, kind):
+            raise _bad(field, value, f'it must be {name}' + (' or null' if none else ''))
         return value
     return _optional(check, none)
+
+
+def text(none: bool = False) -> Check:
+    """A string; ``none`` allows null."""
+    return _of_type(str, 'a string', none)
 
 
 def boolean(none: bool = False) -> Check:
-    def check(value, field):
-        if not isinstance(value, bool):
-            raise _bad(field, value, 'it must be true or false' + (' or null' if none else ''))
-        return value
-    return _optional(check, none)
+    """true or false; ``none`` allows null."""
+    return _of_type(bool, 'true or false', none)
 
 
 def anything(value, field):
