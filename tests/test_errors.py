@@ -3,6 +3,7 @@
 import fractions
 import json
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -12,6 +13,7 @@ from timm_pnnh import catalog, data
 from timm_pnnh.cli import main
 from timm_pnnh.errors import UsageError, load_weights, read_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 NO_MODEL = "--model='nonexistent_model' is not a timm model; see `timm-pnnh models --names-only`"
 
 
@@ -40,7 +42,7 @@ def files(tmp_path, monkeypatch):
     return paths
 
 
-DIAGNOSE = ['diagnose', '--batch-size', '4', '--img-size', '12']
+DIAGNOSE = ['diagnose', '--batch-size', '8', '--img-size', '12']
 CASES = [
     # models
     (['models', '--filter', 'zzz*'], r"--filter='zzz\*' matches no registered model"),
@@ -83,8 +85,8 @@ CASES = [
     (['study', '--data-dir', '{tmp}'], r"--data-dir='.*': Fashion-MNIST not found"),
     # report
     (['report', '--from', 'missing.json'], r"--from='missing.json': no such file"),
-    (['report', '--from', '{broken_json}'], r"--from='.*broken.json' is not a JSON file \(.*\); give the study.json"),
-    (['report', '--from', '{not_study}'], r"--from='.*other.json' is not a study.json of `timm-pnnh study`: no command"),
+    (['report', '--from', '{broken_json}'], r"--from='.*broken.json' is not a JSON file \(cut off or damaged at line 1 column 14: .*\); give a study.json"),
+    (['report', '--from', '{not_study}'], r"--from='.*other.json' is not a study.json of `timm-pnnh study`: command is missing"),
     # publish (its checks on the checkpoint, results and folder: test_hub.py)
     (['publish', '--checkpoint', '{missing}', '--results', 'r.json', '--output', '{tmp}/out', '--train-config', 'c.yaml'],
      r"--checkpoint='.*missing.pth': no such file"),
@@ -100,8 +102,7 @@ def test_user_error_is_one_line_with_exit_code_2(argv, message, files, usage_err
 
 
 def test_report_refuses_plots_dir_under_a_file(files, usage_error, tmp_path):
-    study = dict.fromkeys(('command', 'date', 'hardware', 'recipe', 'seeds', 'data', 'train_seconds', 'plots', 'summary'))
-    (tmp_path / 'study.json').write_text(json.dumps(study))
+    (tmp_path / 'study.json').write_bytes((ROOT / 'results/study-converged-cpu/study.json').read_bytes())
     readme = tmp_path / 'README.md'
     readme.write_text('<!-- results:start -->\n<!-- results:end -->\n')
     assert re.fullmatch(r"--write-readme='.*plain.md': the file has no <!-- results:start --> .*",

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(label, family, depth, accs, r2_init, kwargs=None):
-    curve = [dict(index=1, name='layer1.0', r2=0.9, cka=0.9, alive=0.5),
-             dict(index=2, name='layer3.8', r2=r2_init, cka=r2_init, alive=0.5)]
+    curve = [dict(index=1, name='layer1.0', shape=[16, 28, 28], r2=0.9, cka=0.9, alive=0.5),
+             dict(index=2, name='layer3.8', shape=[64, 7, 7], r2=r2_init, cka=r2_init, alive=0.5)]
     return dict(label=label, family=family, model=f'{family}_resnet{depth}', arch='resnet', depth=depth,
                 model_kwargs=kwargs or {}, seeds=[0, 1, 2], test_accs=accs, acc_mean=float(np.mean(accs)),
                 acc_std=float(np.std(accs, ddof=1)), retention_init=curve, retention_trained=curve)

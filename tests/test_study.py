@@ -337,6 +337,13 @@ def test_tiny_converged_preset_end_to_end(fake_fashion_mnist, tmp_path, capsys):
     assert '**Deployed throughput at equal accuracy**' in text
 
 
+def speed_report(specs):
+    """What ``bench.benchmark`` returns for ``specs``, with made-up figures."""
+    figures = dict(params_m=0.3, train_img_s=100.0, infer_img_s=300.0, deploy_img_s=400.0, saved_mb=10.0, deploy_params_m=0.3)
+    return dict(config=dict(device='cpu', device_name='Test CPU', threads=2, batch_size=8, channels_last=False, amp=None),
+                results={spec: dict(figures) for spec in specs}, ratios={spec: dict(train_img_s=1.0) for spec in specs})
+
+
 def test_speed_figures_are_reused_on_another_machine_unless_retimed(fake_fashion_mnist, tmp_path, monkeypatch):
     """A study resumes to the same tables on any machine: speed.json measured elsewhere for the same settings
     is reused and the log names its machine; other settings, or ``resume=False`` (--retime), measure again."""
@@ -344,7 +351,7 @@ def test_speed_figures_are_reused_on_another_machine_unless_retimed(fake_fashion
     rows = study.preset_rows(preset)[:2]
     loaded = study.load_data(preset, fake_fashion_mnist)
     timed = []
-    monkeypatch.setattr(runs, 'benchmark', lambda specs, **kw: timed.append(specs) or dict(config={}, models=[]))
+    monkeypatch.setattr(runs, 'benchmark', lambda specs, **kw: timed.append(specs) or speed_report(specs))
     out = tmp_path / 'out'
 
     def measure(repeats=1, resume=True):
@@ -379,11 +386,16 @@ def test_unreadable_records_are_run_again(fake_fashion_mnist, tmp_path):
     first = study.sweep(rows, preset, loaded, out, log=lambda m: None)[0]
     path = out / 'runs' / 'plain-20-seed0.json'
     text = path.read_text()
-    for broken in ('', text[:len(text) // 2], 'not json', '[1, 2]', json.dumps({'settings_digest': first['settings_digest']})):
+    for broken, why in [('', 'is not a JSON file (it is empty)'), (text[:len(text) // 2], 'is not a JSON file (cut off'),
+                        ('not json', 'is not a JSON file (cut off or damaged at line 1 column 1'),
+                        ('[1, 2]', 'is not a run record: the file=[1, 2] is not allowed: it must be an object'),
+                        (json.dumps({'settings_digest': first['settings_digest']}), 'is not a run record: label is missing'),
+                        (text.replace(f'"test_acc": {first["test_acc"]}', f'"test_acc": "{first["test_acc"]}"'),
+                         f"is not a run record: test_acc='{first['test_acc']}' is not allowed: it must be a number in [0, 100]")]:
         path.write_text(broken)
         messages = []
         again = study.sweep(rows, preset, loaded, out, log=messages.append)[0]
-        assert any('empty, cut off or not a run record; running again' in m for m in messages), broken
+        assert any(f'{path} {why}' in m and m.endswith('; running again') for m in messages), (why, messages)
         assert again['test_acc'] == first['test_acc'] and json.loads(path.read_text())['test_acc'] == first['test_acc']
 
 
@@ -508,8 +520,11 @@ def test_interrupted_study_leaves_only_complete_records_and_resumes(point, fake_
                               env=env, capture_output=True, text=True)
 
     interrupted = study_process(point, 2)
-    assert interrupted.returncode in (-signal.SIGINT, 128 + signal.SIGINT), interrupted.stderr[-2000:]
-    assert 'KeyboardInterrupt' in interrupted.stderr and 'SIGINT was not delivered' not in interrupted.stderr
+    assert interrupted.returncode == 128 + signal.SIGINT, interrupted.stderr[-2000:]
+    assert interrupted.stderr.strip().splitlines()[-1] == (
+        f'timm-pnnh study: interrupted: the records of the finished runs are kept in {out / "runs"} (and, for a preset '
+        'that counts epochs, the training state after the last finished epoch); run the same command to resume from them')
+    assert 'Traceback' not in interrupted.stderr and 'SIGINT was not delivered' not in interrupted.stderr
     assert '[2/3] residual-20 seed 0' in interrupted.stdout and '[3/3]' not in interrupted.stdout
     files = sorted(p.name for p in (out / 'runs').iterdir())
     assert files == ['plain-20-seed0.json'], files  # no record of run 2, whole or half, and no temporary file

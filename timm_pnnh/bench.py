@@ -33,7 +33,6 @@ import datetime
 import platform
 import re
 import statistics
-import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -45,6 +44,7 @@ from timm.utils.model import reparameterize_model
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.errors import UsageError, check_image_size, check_output_file
 from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
 from timm_pnnh.models.coder_ops import matmul_1x1_on
 from timm_pnnh.reparam import fold_batchnorms
@@ -242,6 +242,8 @@ def benchmark(
 
     torch.manual_seed(0)
     entries = [_Entry(name, dev, channels_last, compile, batch_size, img_size) for name in models]
+    for e in entries:
+        check_image_size('--img-size', e.name, e.model, img_size)
     results: Dict[str, Dict] = {}
     for e in entries:
         e.model.eval()
@@ -375,7 +377,6 @@ def command_line(args) -> str:
 def check_arguments(args) -> None:
     """``bench --json``: a file that can be written; ``--write-readme``: a file with the bench markers (the
     models and numbers are checked while parsing)."""
-    from timm_pnnh.errors import check_output_file
     if args.json:
         check_output_file('--json', args.json)
     if args.write_readme:
@@ -388,9 +389,10 @@ def run(args) -> int:
         report = benchmark([args.model] + args.vs, batch_size=args.batch_size, img_size=args.img_size,
                            device=args.device, channels_last=args.channels_last, amp=args.amp,
                            compile=args.compile, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
+    except UsageError:
+        raise
     except ValueError as err:
-        print(f'timm-pnnh bench: error: {err}', file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     c = report['config']
     header = (f"# {c['date']}  device={c['device']} ({c['device_name']}, {c['threads']} threads)  batch={c['batch_size']}  "
           f"input={c['img_size']}x{c['img_size']}  channels_last={c['channels_last']}  coder_1x1={c['coder_1x1']}  "

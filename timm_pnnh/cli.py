@@ -7,6 +7,7 @@ raising ``UsageError``. Add a sub-command by adding its module to ``COMMAND_MODU
 
 A user error (``timm_pnnh.errors.UsageError``) ends the command with one line on stderr in argparse's
 style, ``timm-pnnh COMMAND: error: MESSAGE``, and exit code 2; any other exception keeps its traceback.
+Ctrl-C ends it with one line, ``timm-pnnh COMMAND: interrupted: WHAT WAS KEPT``, and exit code 130.
 """
 import argparse
 import importlib
@@ -27,6 +28,12 @@ COMMAND_MODULES = (
 )
 
 
+# Ctrl-C: one line saying what was kept (a command says it with ``kept(args)`` in its parser's defaults), and
+# the shell's exit code for SIGINT
+KEPT = 'every file it writes is as it was or whole (files are written under a temporary name and renamed when whole)'
+INTERRUPTED = 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='timm-pnnh', description='Plain Neural Net Hypothesis (PNNH) models for timm.')
@@ -44,6 +51,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = ' '.join(line.strip() for line in str(err).splitlines())
         print(f'timm-pnnh {args.command}: error: {message}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = args.kept(args) if hasattr(args, 'kept') else KEPT
+        print(f'timm-pnnh {args.command}: interrupted: {kept}', file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == '__main__':

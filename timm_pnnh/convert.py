@@ -17,8 +17,6 @@ PNNH model that cannot carry it exactly, and outputs that differ.
 """
 import argparse
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -29,8 +27,8 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 from timm.utils.model import reparameterize_model
 
-from timm_pnnh.errors import UsageError, read_checkpoint
-from timm_pnnh.files import replace_folder
+from timm_pnnh.errors import UsageError, check_output_folder, read_checkpoint
+from timm_pnnh.files import build_folder, output_folder_kept
 from timm_pnnh.models._converted import CONVERSIONS, ConversionError, add_coders
 from timm_pnnh.models.pnnh_resnet import pnnh_resnet_coders
 from timm_pnnh.models.pnnh_vit import pnnh_vit_coders
@@ -119,31 +117,29 @@ def convert_checkpoint(checkpoint: str, model: Optional[str] = None, pnnh_model:
 
 
 def write_folder(pnnh: torch.nn.Module, name: str, args: Dict[str, int], output: str, overwrite: bool = False) -> Path:
-    """``model.safetensors``, ``config.json`` and ``checkpoint.pth.tar`` in ``output``, renamed into place."""
-    target = Path(output)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
-        raise ConversionError(f'--output {target}: exists and is not an empty folder (give --overwrite to replace it)')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-', dir=target.parent))
-    try:
-        conversion = CONVERSIONS.get(name, None)
-        model_args = {**(dict(conversion.model_args) if conversion else {}), **args}
-        save_for_hf(pnnh, tmp, model_args=model_args, safe_serialization=True)
+    """``model.safetensors``, ``config.json`` and ``checkpoint.pth.tar`` in ``output``, built aside and moved into place."""
+    check_output_folder('--output', output, overwrite)
+    conversion = CONVERSIONS.get(name, None)
+    model_args = {**(dict(conversion.model_args) if conversion else {}), **args}
+
+    def write(folder: Path) -> None:
+        save_for_hf(pnnh, folder, model_args=model_args, safe_serialization=True)
         train_args = argparse.Namespace(model=name, model_kwargs={}, **{k: v for k, v in args.items()})
         # converted_from: the residual architecture, so that `timm-pnnh publish` says what these weights are
         torch.save({'arch': name, 'state_dict': pnnh.state_dict(), 'args': train_args, 'epoch': 0,
-                    'converted_from': name.split('.')[0].removeprefix('pnnh_')}, tmp / 'checkpoint.pth.tar')
-        replace_folder(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+                    'converted_from': name.split('.')[0].removeprefix('pnnh_')}, folder / 'checkpoint.pth.tar')
+        check_output_folder('--output', output, overwrite)  # nothing appeared there meanwhile
+    return build_folder(output, write)
+
+
+def check_arguments(args) -> None:
+    """``--output``: a folder that can be written, empty unless --overwrite (checked before converting)."""
+    check_output_folder('--output', args.output, args.overwrite)
 
 
 def run(args) -> int:
+    check_arguments(args)
     try:
-        if Path(args.output).exists() and not args.overwrite and any(Path(args.output).iterdir()):
-            raise ConversionError(f'--output {args.output}: folder is not empty (give --overwrite to replace it)')
         pnnh, name, model_args, errors = convert_checkpoint(args.checkpoint, args.model, args.pnnh_model, args.use_ema)
         folder = write_folder(pnnh, name, model_args, args.output, args.overwrite)
     except ConversionError as e:
@@ -168,4 +164,4 @@ def register(subparsers) -> None:
     parser.add_argument('--use-ema', action='store_true', help='convert the EMA weights (state_dict_ema)')
     parser.add_argument('--output', required=True, help='folder to write')
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --output folder')
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, kept=output_folder_kept)

@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_pnnh.errors import (UsageError, check_checkpoint_file, check_model, check_number, check_output_dir,
-                              load_weights)
+from timm_pnnh.errors import (UsageError, check_checkpoint_file, check_image_size, check_model, check_number,
+                              check_output_dir, load_weights)
 from timm_pnnh.files import atomic_write, markdown_table, save_figure, write_json
 
 MEASURES = ('r2', 'cka', 'alive')
@@ -229,13 +229,32 @@ def retention(model: nn.Module, fit_images: torch.Tensor, score_images: torch.Te
 
 # ---------------------------------------------------------------------------------------------- data, I/O
 
+# The fewest images per batch that the measures mean something on. Linear CKA compares n x n centred Gram
+# matrices, of rank n - 1 at most: it is 0 for one image and 1 for two, whatever the features, and near 1 for
+# a few (for unrelated random features: 0.99 at 8 images, 0.84 at 256, the default). Compare blocks and nets
+# measured on batches of one size.
+MIN_BATCH = 8
+
+
+def check_batch(arg: str, batch_size: int) -> int:
+    """``batch_size`` (given as ``arg``) if the retention measures mean something on it (``MIN_BATCH``)."""
+    if batch_size < MIN_BATCH:
+        raise UsageError(f'{arg}={batch_size} is not allowed: it must be >= {MIN_BATCH}; on fewer images the '
+                         'retention measures say nothing (linear CKA is 0 for one image and 1 for two, whatever the '
+                         'features)')
+    return batch_size
+
+
 def diagnosis_images(batch_size: int, in_chans: int = 1, img_size: int = 28, data_dir=None,
-                     seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, str]:
+                     seed: int = 0, arg: str = '--batch-size') -> Tuple[torch.Tensor, torch.Tensor, str]:
     """Two disjoint batches (fit, score) and where they come from.
 
     Fashion-MNIST test images (seeded draw; channels repeated to ``in_chans``, resized to ``img_size``)
     when the dataset is found, else seeded standard-normal images (said so in the returned source).
+    ``batch_size`` is given as ``arg``: too few images to measure by (``MIN_BATCH``), or more than the
+    dataset holds, is a UsageError naming it.
     """
+    check_batch(arg, batch_size)
     from timm_pnnh.data import load_fashion_mnist
     generator = torch.Generator().manual_seed(seed)
     try:
@@ -244,7 +263,7 @@ def diagnosis_images(batch_size: int, in_chans: int = 1, img_size: int = 28, dat
         noise = torch.randn(2 * batch_size, in_chans, img_size, img_size, generator=generator)
         return noise[:batch_size], noise[batch_size:], f'synthetic: seeded N(0, 1) images (seed {seed}; Fashion-MNIST not found)'
     if 2 * batch_size > len(images):
-        raise UsageError(f'batch_size={batch_size} is not allowed: two batches must fit in {len(images)} test images')
+        raise UsageError(f'{arg}={batch_size} is not allowed: two batches must fit in the {len(images)} test images')
     images = images[torch.randperm(len(images), generator=generator)[:2 * batch_size]]
     if img_size != images.shape[-1]:
         images = F.interpolate(images, size=(img_size, img_size), mode='bilinear', align_corners=False)
@@ -320,6 +339,7 @@ def create_for_diagnosis(name: str, in_chans: int, img_size: int, num_classes: i
         if 'img_size' not in str(err):
             raise
         model = timm.create_model(name, **kwargs)
+    check_image_size('--img-size', name, model, img_size)
     if checkpoint:
         load_weights(model, '--checkpoint', checkpoint, unsafe_pickle,
                      hint=f' (is --model={name!r} with --num-classes={num_classes} the checkpoint\'s model?)')

@@ -5,13 +5,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, IO, Sequence
 
 from timm_pnnh.errors import UsageError
 
-__all__ = ['atomic_write', 'write_json', 'check_markers', 'write_between_markers', 'save_figure', 'markdown_table', 'replace_folder']
+__all__ = ['atomic_write', 'write_json', 'check_markers', 'write_between_markers', 'save_figure', 'markdown_table', 'replace_folder',
+           'build_folder', 'interrupts_deferred', 'output_folder_kept']
 
 
 def atomic_write(path: os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
@@ -78,13 +82,53 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     return '\n'.join(lines)
 
 
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) held back until the block has finished, then raised as usual: for the renames and
+    removals that must not stop half-way (outside the main thread, where no handler can be set, a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])
+
+
 def replace_folder(tmp: Path, target: Path) -> None:
     """Move the finished folder ``tmp`` to ``target`` (in the same parent folder). An existing ``target``
-    goes aside first and is removed last, so that a failure leaves one of the two whole."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-        os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
+    goes aside first and is removed last, so that a failure leaves one of the two whole; an interrupt waits
+    until the old folder is removed, so that none is left aside."""
+    with interrupts_deferred():
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+
+
+def build_folder(target: os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """The folder ``target`` written whole or not at all: ``write(folder)`` fills a temporary folder beside
+    it, which then replaces ``target`` (``replace_folder``); the temporary folder is removed whatever happens."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-', dir=target.parent))
+    try:
+        write(tmp)
+        replace_folder(tmp, target)
+    finally:
+        with interrupts_deferred():
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return target
+
+
+def output_folder_kept(args) -> str:
+    """What an interrupted command that writes its ``--output`` folder with ``build_folder`` keeps."""
+    return f'--output={args.output!r} is as it was or whole (the folder is built aside and moved into place when whole)'

@@ -17,12 +17,9 @@ the registered defaults: a checkpoint trained with ``--model-kwargs`` is refused
 """
 import argparse
 import json
-import math
 import os
 import re
-import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -33,11 +30,12 @@ from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 
 import timm_pnnh
-from timm_pnnh.errors import UsageError, read_checkpoint
-from timm_pnnh.files import markdown_table, replace_folder
+from timm_pnnh.errors import UsageError, check_output_folder, read_checkpoint
+from timm_pnnh.files import build_folder, output_folder_kept, markdown_table
 from timm_pnnh.models import registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 from timm_pnnh.models._converted import CONVERSIONS
+from timm_pnnh.schema import VALIDATE_RESULT, anything, check_json, read_json
 
 __all__ = ['DATASETS', 'PublishError', 'load_checkpoint_weights', 'load_results', 'render_card', 'write_folder',
            'push_folder', 'register']
@@ -124,28 +122,24 @@ def _check_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], 
 
 
 def load_results(path: str, architecture: str, tag: str, params: int) -> Dict[str, Any]:
-    """The one ``validate.py --results-file X --results-format json`` entry for ``architecture``."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise PublishError(f'--results {path}: not a readable JSON file ({e})') from e
+    """The one ``validate.py --results-file X --results-format json`` entry for ``architecture``, checked
+    (``schema.VALIDATE_RESULT``: accuracies in [0, 100], a finite parameter count...)."""
+    what = 'a validate.py --results-file (--results-format json)'
+    results = read_json('--results', path, anything, what)
+    name = f'--results={path!r}'
     entries = results if isinstance(results, list) else [results]
     entries = [r for r in entries if isinstance(r, dict) and split_model_name_tag(str(r.get('model', '')))[0] == architecture]
     if len(entries) != 1:
-        raise PublishError(f'--results {path}: expected one validate.py result for {architecture}, found {len(entries)}')
+        raise PublishError(f'{name}: expected one validate.py result for {architecture}, found {len(entries)}')
     result = entries[0]
     if 'error' in result:
-        raise PublishError(f'--results {path}: validation of {architecture} failed: {result["error"]}')
+        raise PublishError(f'{name}: validation of {architecture} failed: {result["error"]}')
+    check_json(name, result, VALIDATE_RESULT, f'{what} entry')
     result_tag = split_model_name_tag(result['model'])[1]
     if result_tag and result_tag != tag:
-        raise PublishError(f'--results {path}: results are for {result["model"]}, not {architecture}.{tag}')
-    for key in ('top1', 'top5'):
-        value = result.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
-            raise PublishError(f'--results {path}: {key}={value!r} is not an accuracy in [0, 100]')
+        raise PublishError(f'{name}: results are for {result["model"]}, not {architecture}.{tag}')
     if 'param_count' in result and abs(result['param_count'] - params / 1e6) > 0.006:
-        raise PublishError(f'--results {path}: param_count={result["param_count"]}M, but {architecture}.{tag} '
+        raise PublishError(f'{name}: param_count={result["param_count"]}M, but {architecture}.{tag} '
                            f'has {params / 1e6:.2f}M parameters: the results are for another model')
     return result
 
@@ -227,19 +221,11 @@ def _card_values(model, name: str, repo_id: str, result: Dict[str, Any], meta: D
     )
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not target.is_dir():
-        raise PublishError(f'--output {target}: exists and is not a folder')
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise PublishError(f'--output {target}: folder is not empty (give --overwrite to replace it)')
-
-
 def write_folder(checkpoint: str, results: str, output: str, model_name: Optional[str] = None, use_ema: bool = False,
                  train_config: str = '', template: Optional[str] = None, repo_id: Optional[str] = None,
                  overwrite: bool = False, unsafe_pickle: bool = False) -> Path:
     """Write the Hub-ready folder ``output``; every check passes before anything is written."""
-    target = Path(output)
-    _check_target(target, overwrite)
+    check_output_folder('--output', output, overwrite)
     state_dict, meta = load_checkpoint_weights(checkpoint, use_ema, unsafe_pickle)
     name = model_name or str(meta.get('arch') or '')
     if model_name and meta.get('arch') and split_model_name_tag(meta['arch'])[0] != split_model_name_tag(model_name)[0]:
@@ -268,17 +254,11 @@ def write_folder(checkpoint: str, results: str, output: str, model_name: Optiona
     card = render_card(template_path.read_text(encoding='utf-8'),
                        _card_values(model, name, repo_id, result, meta, use_ema, train_config))
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-', dir=target.parent))
-    try:
-        save_for_hf(model, tmp, safe_serialization=True)
-        (tmp / 'README.md').write_text(card, encoding='utf-8')
-        _check_target(target, overwrite)
-        replace_folder(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+    def write(folder: Path) -> None:
+        save_for_hf(model, folder, safe_serialization=True)
+        (folder / 'README.md').write_text(card, encoding='utf-8')
+        check_output_folder('--output', output, overwrite)  # nothing appeared there meanwhile
+    return build_folder(output, write)
 
 
 def push_folder(folder: Path, repo_id: str, private: bool = False, token: Optional[str] = None,
@@ -291,7 +271,13 @@ def push_folder(folder: Path, repo_id: str, private: bool = False, token: Option
     return str(getattr(commit, 'commit_url', commit))
 
 
+def check_arguments(args) -> None:
+    """``--output``: a folder that can be written, empty unless --overwrite (checked before anything is read)."""
+    check_output_folder('--output', args.output, args.overwrite)
+
+
 def run(args) -> int:
+    check_arguments(args)
     folder = write_folder(args.checkpoint, args.results, args.output, model_name=args.model, use_ema=args.use_ema,
                           train_config=args.train_config, template=args.card_template, repo_id=args.repo_id,
                           overwrite=args.overwrite, unsafe_pickle=args.unsafe_pickle)
@@ -326,4 +312,4 @@ def register(subparsers) -> None:
     parser.add_argument('--dry-run', action='store_true', help='write the folder only, push nothing')
     parser.add_argument('--private', action='store_true', help='create the Hub repository as private')
     parser.add_argument('--token', default=None, help='Hugging Face token (default: the logged-in one)')
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, kept=output_folder_kept)

@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from timm_pnnh.errors import UsageError, check_input_file, check_output_dir
+from timm_pnnh.errors import UsageError, check_output_dir
 from timm_pnnh.files import atomic_write, check_markers, markdown_table, write_between_markers
+from timm_pnnh.schema import STUDY, read_json
 from timm_pnnh.study.command import INDEX_COMMAND, RESULTS_PAGES, results_study
 from timm_pnnh.study.summary import RETENTION_MARGIN, epochs_table, fmt_acc, fmt_paired, paired, study_table
 
@@ -372,7 +373,10 @@ def copy_plots(study_dir: Path, plots: Sequence[str], dest: Path) -> List[str]:
     return copied
 
 
-STUDY_KEYS = ('command', 'date', 'hardware', 'recipe', 'seeds', 'data', 'train_seconds', 'plots', 'summary')
+def read_study(path: str) -> Dict:
+    """The study.json given as ``--from``, checked (``schema.STUDY``): a UsageError naming the file, the field
+    and the value when it is not one."""
+    return read_json('--from', path, STUDY, 'a study.json of `timm-pnnh study`')
 
 
 def check_arguments(args) -> None:
@@ -384,15 +388,7 @@ def check_arguments(args) -> None:
         for path in args.write_index:
             check_markers(path, INDEX_MARKERS, '--write-index')
         return
-    check_input_file('--from', args.source)
-    try:
-        with open(args.source, encoding='utf-8') as f:
-            study = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f'--from={args.source!r} is not a JSON file ({e}); give the study.json of `timm-pnnh study`') from None
-    missing = [k for k in STUDY_KEYS if k not in study] if isinstance(study, dict) else list(STUDY_KEYS)
-    if missing:
-        raise UsageError(f'--from={args.source!r} is not a study.json of `timm-pnnh study`: no {", ".join(missing)}')
+    read_study(args.source)
     if args.write_readme:
         check_markers(args.write_readme, MARKERS)
         if args.plots_dir is not None:
@@ -408,7 +404,7 @@ def run(args) -> int:
             print(f'{body}\n\nwrote the results index of {path}')
         return 0
     source = Path(args.source)
-    study = json.loads(source.read_text())
+    study = read_study(args.source)
     if args.write_readme:
         readme = Path(args.write_readme)
         if args.plots_dir is None:  # link the plots where the study wrote them (not part of the repository)

@@ -101,11 +101,7 @@ def run(args) -> int:
     preset = resolve_preset(args)
     out = Path(args.out if args.out is not None else default_out(args.preset))
     rows = preset_rows(preset)
-    try:
-        data = load_data(preset, args.data_dir)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 2
+    data = load_data(preset, args.data_dir)  # found by check_arguments; sizes it cannot give are UsageErrors
     print(f'study --preset {preset.name}: {len(rows)} models x {len(preset.seeds)} seeds {list(preset.seeds)}; '
           f'{preset.recipe.steps} steps of {preset.recipe.batch_size}'
           f'{f" ({preset.epochs} epochs, test scored after each)" if preset.epochs else ""} on {preset.device}; {data.source}; '
@@ -145,6 +141,13 @@ def run(args) -> int:
     return 0
 
 
+def kept(args) -> str:
+    """What an interrupted study keeps (``timm-pnnh`` prints it on Ctrl-C)."""
+    out = Path(args.out if args.out is not None else default_out(args.preset))
+    return (f'the records of the finished runs are kept in {out / "runs"} (and, for a preset that counts epochs, the '
+            f'training state after the last finished epoch); run the same command to resume from them')
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser('study', help='the depth sweep: plain vs residual vs PNNH on Fashion-MNIST (the main job)',
                                    description='The paper\'s claims measured side by side on Fashion-MNIST (the main job); '
@@ -172,4 +175,4 @@ def register(subparsers) -> None:
     parser.add_argument('--retime', action='store_true',
                         help='measure the speed figures on this machine even where OUT/speed.json has them for these '
                              'settings (by default they are reused, also when measured on another machine)')
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, kept=kept)

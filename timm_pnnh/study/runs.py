@@ -18,8 +18,9 @@ from timm_pnnh import training
 from timm_pnnh.bench import benchmark, cpu_name, model_spec
 from timm_pnnh.data import load_fashion_mnist
 from timm_pnnh.diagnostics import MEASURES, diagnosis_images, retention
-from timm_pnnh.errors import UsageError
-from timm_pnnh.files import atomic_write, write_json
+from timm_pnnh.errors import UsageError, check_writable
+from timm_pnnh.files import write_json
+from timm_pnnh.schema import RUN_RECORD, SPEED_REPORT, read_json
 from timm_pnnh.study.presets import Preset, Row, knob_label, row_recipe
 
 RETENTION_METHOD = 'ridge-gcv space-to-depth R^2, linear CKA, fraction > 0'  # records measured otherwise are redone
@@ -42,16 +43,18 @@ class Data:
 
 
 def load_data(preset: Preset, data_dir=None, data_seed: int = 0) -> Data:
-    """Fashion-MNIST subsets drawn once with ``data_seed`` (the same for every run); FileNotFoundError if absent."""
+    """Fashion-MNIST subsets drawn once with ``data_seed`` (the same for every run); FileNotFoundError if absent,
+    a UsageError naming the flag for sizes the dataset cannot give."""
     images, labels = load_fashion_mnist(data_dir, train=True)
     test_images, test_labels = load_fashion_mnist(data_dir, train=False)
-    for name, size, available in (('train_size', preset.train_size, len(images)), ('test_size', preset.test_size, len(test_images))):
+    for flag, size, available in (('--train-size', preset.train_size, len(images)),
+                                  ('--test-size', preset.test_size, len(test_images))):
         if size is not None and not 0 < size <= available:
-            raise ValueError(f'{name}={size} is not allowed: it must be in [1, {available}]')
+            raise UsageError(f'{flag}={size} is not allowed: it must be in [1, {available}] (the images of the dataset)')
     gen = torch.Generator().manual_seed(data_seed)
     train_idx = torch.randperm(len(images), generator=gen)[:preset.train_size]
     test_idx = torch.randperm(len(test_images), generator=gen)[:preset.test_size or len(test_images)]
-    fit, score, source = diagnosis_images(preset.diag_batch, 1, images.shape[-1], data_dir, data_seed)
+    fit, score, source = diagnosis_images(preset.diag_batch, 1, images.shape[-1], data_dir, data_seed, arg='--diag-batch')
     return Data((images[train_idx], labels[train_idx]), (test_images[test_idx], test_labels[test_idx]), (fit, score),
                 f'Fashion-MNIST: {len(train_idx)} training images (of {len(images)}), {len(test_idx)} test images; '
                 f'retention on {source}')
@@ -105,16 +108,10 @@ def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
                 device=preset.device)
 
 
-RECORD_KEYS = ('settings_digest', 'test_acc', 'params', 'seed', 'label', 'retention_init', 'retention_trained', 'seconds')
-
-
-def read_record(path: Path) -> Optional[Dict]:
-    """The run record at ``path``, or None when it is unreadable, empty, cut off or lacks a record's keys."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) and all(k in record for k in RECORD_KEYS) else None
+def read_record(path: Path) -> Dict:
+    """The run record at ``path``; a UsageError saying why when it is unreadable, empty, cut off or not a
+    run record (``schema.RUN_RECORD``: a field missing, of another type, not finite or out of range)."""
+    return read_json(None, path, RUN_RECORD, 'a run record')
 
 
 RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100 kB), plus as much for plots
@@ -123,13 +120,12 @@ RECORD_BYTES = 2 ** 20  # generous room per run record (they hold well under 100
 def check_output(out: Path, runs: int) -> None:
     """Fail before any training when ``out`` cannot take the study's files: not creatable, not
     writable, or too little free space for ``runs`` records. UsageError naming --out."""
+    check_writable('--out', str(out), str(out))
     try:
         (out / 'runs').mkdir(parents=True, exist_ok=True)
-        probe = out / 'runs' / '.write-probe'
-        atomic_write(probe, lambda f: f.write('probe'))
-        probe.unlink()
     except OSError as err:
-        raise UsageError(f'--out={str(out)!r} is not writable: {err.strerror or err}') from None
+        raise UsageError(f'--out={str(out)!r} is not writable ({err.strerror or err})') from None
+    check_writable('--out', str(out), str(out / 'runs'))
     free, needed = shutil.disk_usage(out).free, (runs + 1) * RECORD_BYTES
     if free < needed:
         raise UsageError(f'--out={str(out)!r} has {free / 2 ** 20:.1f} MiB free; the study needs about '
@@ -149,15 +145,15 @@ def sweep(rows: Sequence[Row], preset: Preset, data: Data, out: Path, resume: bo
         settings = run_settings(row, seed, preset, data)
         digest = _digest(settings)
         if resume and path.is_file():
-            record = read_record(path)
-            if record is None:
-                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {path} is empty, cut off or not a run record; running again')
-            elif record.get('settings_digest') == digest:
-                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused '
-                    f'({record["test_acc"]:.2f}%)')
-                records.append(record)
-                continue
+            try:
+                record = read_record(path)
+            except UsageError as err:
+                log(f'[{i}/{len(todo)}] {row.label} seed {seed}: {err}; running again')
             else:
+                if record['settings_digest'] == digest:
+                    log(f'[{i}/{len(todo)}] {row.label} seed {seed}: finished earlier, reused ({record["test_acc"]:.2f}%)')
+                    records.append(record)
+                    continue
                 log(f'[{i}/{len(todo)}] {row.label} seed {seed}: a record with other settings exists; running again')
         if not train:
             log(f'[{i}/{len(todo)}] {row.label} seed {seed}: not finished yet (--finished-only: not trained)')
@@ -203,11 +199,12 @@ def measure_speed(rows: Sequence[Row], preset: Preset, data: Data, out: Path, re
     path = out / 'speed.json'
     if resume and path.is_file():
         try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            report = {}
-        earlier = report.get('settings') if isinstance(report, dict) else None
-        if isinstance(earlier, dict) and _digest(_but_hardware(earlier)) == _digest(_but_hardware(settings)):
+            report = read_json(None, path, SPEED_REPORT, 'the speed figures of a study')
+        except UsageError as err:
+            log(f'speed: {err}; measuring again')
+            report = dict(settings={})
+        earlier = report['settings']
+        if _digest(_but_hardware(earlier)) == _digest(_but_hardware(settings)):
             if earlier.get('hardware') == settings['hardware']:
                 log(f'speed: measured earlier, reused ({path})')
             else:
