@@ -43,7 +43,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
 from timm_pnnh.models import coder_ops
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
-from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
+from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
     CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
 from timm_pnnh.reparam import (
@@ -822,12 +822,12 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
     caller's ``kwargs`` (timm's ResNet arguments; with a PNNH ``block`` also its knobs and
     ``plain_transitions``). Bad arguments raise ValueError (an unknown one also TypeError)."""
     block, layers = model_args['block'], model_args['layers']
+    kwargs = dict({k: v for k, v in model_args.items() if k not in ('block', 'layers')}, **kwargs)
     pnnh = issubclass(block, _PnnhBlock)
     allowed = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
     allowed = (allowed - {'block', 'layers'}) | {'inference_mode'}
     check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed)
     if pnnh:
-        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
         knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}
         check_pnnh_args(**knobs)
@@ -868,7 +868,7 @@ def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
-    **converted_cfgs('pnnh_resnet'),  # the default tags of the ImageNet-style PNNH nets: timm's weights, converted
+    **converted_cfgs('pnnh_resnet'),  # pnnh_resnet18/34's default and the *_identity names' tags: timm's, converted
     **{f'{f}_resnet{d}.in1k': _cfg() for f in ('pnnh', 'plain') for d in IMAGENET_DEPTHS},
     **{f'{p}_resnet{d}.cifar10': _cifar_cfg() for p in ('pnnh', 'plain', 'cifar') for d in CIFAR_DEPTHS},
     **{f'{p}_resnet{d}.fmnist': _fmnist_cfg() for p in ('pnnh', 'plain', 'cifar') for d in FMNIST_DEPTHS},
@@ -908,6 +908,27 @@ def pnnh_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-152, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
     model_args = dict(block=PnnhBottleneck, layers=(3, 8, 36, 3))
     return _create_resnet('pnnh_resnet152', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet50_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-50, PNNH with C-wide coders: the form timm's resnet50 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 6, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet50_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet101_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-101, PNNH with C-wide coders: the form timm's resnet101 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 23, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet101_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet152_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-152, PNNH with C-wide coders: the form timm's resnet152 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 8, 36, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet152_identity', pretrained, model_args, **kwargs)
 
 
 @register_model
