@@ -103,7 +103,7 @@ def test_models_command_lists_every_registered_model(capsys):
     # timm's registry, asked independently: every model whose entrypoint lives in this package, once each
     ours = [n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('timm_pnnh.')]
     assert sorted(out) == sorted(ours) and len(out) == len(set(out)) and len(out) >= 25
-    assert all(n.split('_', 1)[0] in ('pnnh', 'plain', 'cifar') for n in out)
+    assert all(n.split('_', 1)[0] in ('pnnh', 'plain', 'cifar', 'sasp') for n in out)
 
 
 @pytest.mark.slow  # FLOPs of every registered model

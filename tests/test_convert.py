@@ -53,27 +53,31 @@ def images(size: int, chans: int = 3, batch: int = 2) -> torch.Tensor:
 
 # ---------------------------------------------------------------- tags
 
-def test_converted_tags_are_the_defaults_and_name_timms_source():
-    assert {c.model for c in CONVERSIONS.values()} == {f'pnnh_resnet{d}' for d in (18, 34, 50, 101, 152)} | {
-        f'pnnh_vit_{s}_patch16_224' for s in ('tiny', 'small', 'base')}
+def _pnnh_name(arch: str) -> str:
+    """The PNNH name timm's ``arch`` weights convert into."""
+    return next(c.model for c in CONVERSIONS.values() if c.source.split('.')[0] == arch)
+
+
+def test_converted_tags_are_the_defaults_of_the_exact_forms_and_name_timms_source():
+    assert {c.model for c in CONVERSIONS.values()} == {'pnnh_resnet18', 'pnnh_resnet34'} | {
+        f'pnnh_resnet{d}_identity' for d in (50, 101, 152)} | {
+        f'pnnh_vit_{s}_patch16_224_identity' for s in ('tiny', 'small', 'base')}
     for name, conversion in CONVERSIONS.items():
         cfg, source = get_pretrained_cfg(conversion.model), get_pretrained_cfg(conversion.source)
         assert f'{conversion.model}.{cfg.tag}' == name and cfg.hf_hub_id == f'timm/{conversion.source}'
         assert (cfg.input_size, cfg.crop_pct, cfg.mean, cfg.interpolation) == (
             source.input_size, source.crop_pct, source.mean, source.interpolation)
-        assert 'converted from timm/' in cfg.notes[0] and 'implies model args' in cfg.notes[1]
+        assert 'converted from timm/' in cfg.notes[0]
         assert name in timm.list_pretrained(conversion.model)
 
 
-def test_the_tag_implies_the_knobs_only_when_named_or_loaded():
+def test_the_exact_forms_are_names_and_a_tag_changes_no_network():
     assert timm.create_model('pnnh_resnet50').layer1[1].coder.weight.shape[0] == 64  # registered default 0.25
-    assert timm.create_model('pnnh_resnet50.a1_in1k').layer1[1].coder.weight.shape[0] == 256
-    vit = timm.create_model('pnnh_vit_tiny_patch16_224.augreg_in21k_ft_in1k', depth=1)
+    assert timm.create_model('pnnh_resnet50_identity').layer1[1].coder.weight.shape[0] == 256
+    assert timm.create_model('pnnh_resnet50.in1k').layer1[1].coder.weight.shape[0] == 64
+    vit = timm.create_model('pnnh_vit_tiny_patch16_224_identity', depth=1)
     assert vit.blocks[0].coder.weight.shape == (384, 192) and vit.blocks[0].coder2 is not None
     assert timm.create_model('pnnh_vit_tiny_patch16_224', depth=1).blocks[0].coder2 is None
-    with pytest.raises(ValueError, match=r"coder_ratio=0.25 is not allowed with pnnh_resnet50.a1_in1k: .* timm's "
-                                         r'resnet50.a1_in1k converted exactly, which needs coder_ratio=1.0'):
-        timm.create_model('pnnh_resnet50.a1_in1k', coder_ratio=0.25)
 
 
 # ---------------------------------------------------------------- exact loads from a file
@@ -84,7 +88,7 @@ def test_residual_weights_load_exactly_and_reparameterize(arch, size, tmp_path):
     residual = residual_net(arch)
     save_file(residual.state_dict(), str(tmp_path / 'model.safetensors'))
     x = images(size)
-    pnnh = timm.create_model(f'pnnh_{arch}', pretrained=True,
+    pnnh = timm.create_model(_pnnh_name(arch), pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors'))).eval()
     with torch.no_grad():
         expected = residual(x)
@@ -92,11 +96,12 @@ def test_residual_weights_load_exactly_and_reparameterize(arch, size, tmp_path):
         assert relative_error(reparameterize_model(pnnh)(x), expected) <= MAX_ERROR
     # timm's own adaptations after the conversion (as timm's test_model_load_pretrained / _features_pretrained)
     overlay = dict(file=str(tmp_path / 'model.safetensors'))
-    model = timm.create_model(f'pnnh_{arch}', pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
+    model = timm.create_model(_pnnh_name(arch), pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
     assert model.get_classifier().out_features == 5
-    assert timm.create_model(f'pnnh_{arch}', pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay).num_classes == 0
+    assert timm.create_model(_pnnh_name(arch), pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay=overlay).num_classes == 0
     if arch.startswith('resnet'):
-        features = timm.create_model(f'pnnh_{arch}', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+        features = timm.create_model(_pnnh_name(arch), pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
         with torch.no_grad():
             assert len(features(x)) == 5
 
@@ -130,7 +135,7 @@ out = {}
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
-for name, key in (('pnnh_resnet18', 'resnet'), ('pnnh_vit_tiny_patch16_224', 'vit')):
+for name, key in (('pnnh_resnet18', 'resnet'), ('pnnh_vit_tiny_patch16_224_identity', 'vit')):
     model = timm.create_model(name, pretrained=True).eval()
     with torch.no_grad():
         x, y = reference[key + '_x'], reference[key + '_y']
@@ -230,7 +235,7 @@ def test_convert_bottleneck_safetensors_needs_the_tag(tmp_path):
     out = tmp_path / 'pnnh50'
     assert cli_main(['convert', '--checkpoint', str(tmp_path / 'mine.safetensors'), '--model', 'resnet50',
                      '--output', str(out)]) == 0
-    model = timm.create_model('pnnh_resnet50', pretrained=True, num_classes=7,
+    model = timm.create_model('pnnh_resnet50_identity', pretrained=True, num_classes=7,
                               pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=7)).eval()
     x = images(64)
     with torch.no_grad():
@@ -240,8 +245,8 @@ def test_convert_bottleneck_safetensors_needs_the_tag(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (('--model', 'resnet34'), r'the weights do not fit timm resnet34: \d+ missing keys'),
     (('--model', 'resnet26'), r"--model 'resnet26': not a timm residual architecture with a PNNH counterpart"),
-    (('--pnnh-model', 'pnnh_resnet50.a1_in1k'), r"--pnnh-model 'pnnh_resnet50.a1_in1k': converts only into "
-                                                r'pnnh_resnet18'),
+    (('--pnnh-model', 'pnnh_resnet50_identity.a1_in1k'), r"--pnnh-model 'pnnh_resnet50_identity.a1_in1k': "
+                                                         r'converts only into pnnh_resnet18 '),
     (('--use-ema',), r"--checkpoint .*last.pth.tar: no 'state_dict_ema' entry"),
 ])
 def test_convert_refuses_and_writes_nothing(tmp_path, args, message, usage_error):

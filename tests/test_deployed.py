@@ -73,23 +73,6 @@ def test_the_quick_start_deployment_sequence(tmp_path, monkeypatch):
         torch.testing.assert_close(deployed(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
-def test_a_file_under_a_converted_tag_takes_the_callers_knobs(tmp_path):
-    """pnnh_resnet50's default tag is timm's converted resnet50 (coder_ratio=1.0). A file overlay is the
-    caller's weights: knobs given stay (no ValueError), the tag's are defaults for the others."""
-    model = randomise(timm.create_model('pnnh_resnet50')).eval()
-    assert model.layer1[1].coder.weight.shape[0] == 64  # the registered default, coder_ratio=0.25
-    path = str(tmp_path / 'trained.safetensors')
-    safetensors.torch.save_file(model.state_dict(), path)
-    loaded = timm.create_model('pnnh_resnet50', pretrained=True, coder_ratio=0.25,
-                               pretrained_cfg_overlay=dict(file=path)).eval()
-    assert loaded.pretrained_cfg['tag'] == 'a1_in1k'
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r'coder_ratio=0.25 is not allowed with pnnh_resnet50.a1_in1k'):
-        timm.create_model('pnnh_resnet50', pretrained=True, coder_ratio=0.25)  # timm's weights: the tag's knobs
-
-
 def test_inference_mode_builds_what_timms_function_makes():
     """Without weights: the same modules, keys and shapes, for every family of a CIFAR-size net."""
     for name, kwargs in (('pnnh_resnet20', {}), ('plain_resnet20', {}), ('cifar_resnet20', {}),

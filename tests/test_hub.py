@@ -400,8 +400,8 @@ def test_model_card_template_is_package_data_and_the_root_card_is_no_template():
 @pytest.mark.parametrize('architecture, tag, meta, says', [
     ('pnnh_resnet20', 'fmnist', {}, ('trained by timm-pnnh', 'Trained with timm', 'a convolution E and its adjoint')),
     ('pnnh_vit_tiny_patch4_32', 'cifar10', {}, ('trained by timm-pnnh', 'a linear map E and its transpose')),
-    ('pnnh_resnet50', 'a1_in1k', {}, ("fine-tuned by timm-pnnh as a PNNH net, starting from timm's `resnet50.a1_in1k`",)),
-    ('pnnh_resnet50', 'a1_in1k', {'converted_from': 'resnet50'}, ('converted them exactly from a timm `resnet50`',)),
+    ('pnnh_resnet50_identity', 'a1_in1k', {}, ("fine-tuned by timm-pnnh as a PNNH net, starting from timm's `resnet50.a1_in1k`",)),
+    ('pnnh_resnet50_identity', 'a1_in1k', {'converted_from': 'resnet50'}, ('converted them exactly from a timm `resnet50`',)),
     ('plain_resnet20', 'fmnist', {}, ('plain baseline', 'trained by timm-pnnh')),
 ])
 def test_the_card_says_what_the_weights_are_and_describes_the_family(architecture, tag, meta, says):

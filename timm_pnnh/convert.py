@@ -10,8 +10,8 @@ as built and after ``reparameterize_model``, must equal the residual ones (relat
 The folder holds ``model.safetensors`` and ``config.json`` as timm's ``save_for_hf`` writes them (so
 ``pretrained_cfg_overlay=dict(file=...)``, ``local-dir:`` and, once uploaded, ``hf-hub:`` load it) and
 ``checkpoint.pth.tar`` in train.py's format (``arch`` is the PNNH ``model.tag``), which validate.py
-``--checkpoint`` and ``timm-pnnh publish`` read. The PNNH name's tag implies the knobs the conversion
-needs (``pnnh_resnet50.a1_in1k``: ``coder_ratio=1.0``): give that name to validate.py and train.py.
+``--checkpoint`` and ``timm-pnnh publish`` read. The PNNH name is the one registered in the exact form
+(``pnnh_resnet50_identity.a1_in1k``, ``coder_ratio=1.0``): give that name to validate.py and train.py.
 Refused, with nothing written: an architecture with no PNNH counterpart, weights that do not fit it, a
 PNNH model that cannot carry it exactly, and outputs that differ.
 """
@@ -72,6 +72,12 @@ def _model_args(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, int
     return args
 
 
+def _source_arch(name: str) -> str:
+    """The timm residual architecture the PNNH ``name`` ('model.tag') converts from."""
+    model = split_model_name_tag(name)[0]
+    return next(arch for arch, pnnh in SOURCES.items() if split_model_name_tag(pnnh)[0] == model)
+
+
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
@@ -85,8 +91,9 @@ def convert_checkpoint(checkpoint: str, model: Optional[str] = None, pnnh_model:
         raise ConversionError(f'--model {model or recorded!r}: not a timm residual architecture with a PNNH '
                               f'counterpart; allowed: {", ".join(SOURCES)}')
     name = pnnh_model or SOURCES[arch]
-    if split_model_name_tag(name)[0] != 'pnnh_' + arch:
-        raise ConversionError(f'--pnnh-model {name!r}: converts only into pnnh_{arch} (e.g. {SOURCES[arch]})')
+    if split_model_name_tag(name)[0] != split_model_name_tag(SOURCES[arch])[0]:
+        raise ConversionError(f'--pnnh-model {name!r}: converts only into {split_model_name_tag(SOURCES[arch])[0]} '
+                              f'(e.g. {SOURCES[arch]})')
     args = _model_args(arch, state_dict)
     residual = timm.create_model(arch, **args).eval()
     missing, unexpected = (sorted(set(residual.state_dict()) - set(state_dict)),
@@ -119,15 +126,13 @@ def convert_checkpoint(checkpoint: str, model: Optional[str] = None, pnnh_model:
 def write_folder(pnnh: torch.nn.Module, name: str, args: Dict[str, int], output: str, overwrite: bool = False) -> Path:
     """``model.safetensors``, ``config.json`` and ``checkpoint.pth.tar`` in ``output``, built aside and moved into place."""
     check_output_folder('--output', output, overwrite)
-    conversion = CONVERSIONS.get(name, None)
-    model_args = {**(dict(conversion.model_args) if conversion else {}), **args}
 
     def write(folder: Path) -> None:
-        save_for_hf(pnnh, folder, model_args=model_args, safe_serialization=True)
+        save_for_hf(pnnh, folder, model_args=args, safe_serialization=True)
         train_args = argparse.Namespace(model=name, model_kwargs={}, **{k: v for k, v in args.items()})
         # converted_from: the residual architecture, so that `timm-pnnh publish` says what these weights are
         torch.save({'arch': name, 'state_dict': pnnh.state_dict(), 'args': train_args, 'epoch': 0,
-                    'converted_from': name.split('.')[0].removeprefix('pnnh_')}, folder / 'checkpoint.pth.tar')
+                    'converted_from': _source_arch(name)}, folder / 'checkpoint.pth.tar')
         check_output_folder('--output', output, overwrite)  # nothing appeared there meanwhile
     return build_folder(output, write)
 
@@ -160,7 +165,7 @@ def register(subparsers) -> None:
     parser.add_argument('--model', default=None,
                         help=f"the residual architecture ({', '.join(SOURCES)}; default: the checkpoint's arch)")
     parser.add_argument('--pnnh-model', default=None,
-                        help="the PNNH 'model.tag' to write (default: the converted tag, e.g. pnnh_resnet50.a1_in1k)")
+                        help="the PNNH 'model.tag' to write (default: the converted tag, e.g. pnnh_resnet50_identity.a1_in1k)")
     parser.add_argument('--use-ema', action='store_true', help='convert the EMA weights (state_dict_ema)')
     parser.add_argument('--output', required=True, help='folder to write')
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --output folder')

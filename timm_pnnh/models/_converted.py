@@ -18,44 +18,37 @@ Each family says which coder weights its nets need (``pnnh_resnet_coders`` in ``
 ``pretrained_filter_fn`` (inside timm's own ``load_pretrained``); a state dict that already has coders,
 or the model's own keys (a folded net), passes through unchanged. This module imports no family.
 
-Tags. Each ImageNet-style PNNH name gets, as its default tag, the tag of timm's default weights for the
-residual architecture (``pnnh_resnet34.a1_in1k`` <- ``timm/resnet34.a1_in1k``): the cfg's ``hf_hub_id`` is
-timm's repository, its data config is timm's, and its ``notes`` say it is converted. timm's cfgs cannot
-carry model arguments, so the knobs the conversion needs live in :data:`CONVERSIONS` and the entrypoints
-apply them (:func:`converted_model_args`) when the tag's weights are loaded (``pretrained=True``) or the
-tag is named (``pnnh_vit_small_patch16_224.augreg_in21k_ft_in1k``); ``create_model('pnnh_resnet50')``
-without either keeps the registered defaults. A knob given with a different value is a ValueError,
-unless ``pretrained_cfg_overlay`` points the tag at other weights (a file, e.g. a net folded for
-deployment with other knobs): then the knobs given stay and the tag's are defaults for the others (a
-net with other knobs reloads with its knobs given, or under a tag that is not converted, ``.in1k``).
+Names and tags. A tag picks weights, never the network: each converted tag belongs to a name whose
+registered network is the form that carries timm's net exactly. ``pnnh_resnet18`` / ``pnnh_resnet34``
+are that form already (a C-wide coder); the bottleneck and ViT defaults are cheaper forms, so the exact
+forms have names of their own, ``pnnh_resnet50_identity`` (``coder_ratio=1.0``) and
+``pnnh_vit_small_patch16_224_identity`` (``arrangement='sequential', coder_ratio=2.0``), as timm names
+``resnet50d`` rather than tagging it. The converted tag is the tag of timm's default weights for the
+residual architecture (``pnnh_resnet34.a1_in1k`` <- ``timm/resnet34.a1_in1k``): the cfg's ``hf_hub_id``
+is timm's repository, its data config is timm's, and its ``notes`` say it is converted.
 """
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping
 
 import torch
 from timm.models import get_pretrained_cfg
-from timm.models._builder import resolve_pretrained_cfg
 from timm.models._pretrained import PretrainedCfg
 
 from timm_pnnh.models._cfgs import PretrainedLoadError, WEIGHTS_FILE, _where
 
-__all__ = ['Conversion', 'CONVERSIONS', 'ConversionError', 'converted_cfgs', 'converted_model_args',
-           'conversion_of', 'add_coders', 'convert_state_dict']
+__all__ = ['Conversion', 'CONVERSIONS', 'ConversionError', 'converted_cfgs', 'add_coders', 'convert_state_dict']
 
 # data-config fields copied from timm's cfg of the source weights (the converted net sees the same images)
 _DATA_FIELDS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
                 'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_offset', 'label_names',
                 'label_descriptions', 'pool_size', 'test_pool_size', 'first_conv', 'classifier', 'license')
-_VIT_ARGS = dict(arrangement='sequential', coder_ratio=2.0, coder_init='dirac', coder_act='mlp', coder_norm=False)
-_RESNET_ARGS = dict(coder_ratio=1.0, coder_norm=False)  # the registered bottleneck default is coder_ratio=0.25
 
 
 @dataclass(frozen=True)
 class Conversion:
-    """``model`` (a PNNH name) built with ``model_args`` computes what timm's ``source`` ('arch.tag') computes."""
+    """``model`` (a PNNH name, as registered) computes what timm's ``source`` ('arch.tag') computes."""
     model: str
     source: str
-    model_args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -69,23 +62,19 @@ class Conversion:
 # timm 1.0's default tag of each residual architecture (timm.get_pretrained_cfg(arch).tag), pinned so that
 # a tag name does not change with the installed timm
 CONVERSIONS: Dict[str, Conversion] = {c.name: c for c in (
-    Conversion('pnnh_resnet18', 'resnet18.a1_in1k', _RESNET_ARGS),
-    Conversion('pnnh_resnet34', 'resnet34.a1_in1k', _RESNET_ARGS),
-    Conversion('pnnh_resnet50', 'resnet50.a1_in1k', _RESNET_ARGS),
-    Conversion('pnnh_resnet101', 'resnet101.a1h_in1k', _RESNET_ARGS),
-    Conversion('pnnh_resnet152', 'resnet152.a1h_in1k', _RESNET_ARGS),
-    Conversion('pnnh_vit_tiny_patch16_224', 'vit_tiny_patch16_224.augreg_in21k_ft_in1k', _VIT_ARGS),
-    Conversion('pnnh_vit_small_patch16_224', 'vit_small_patch16_224.augreg_in21k_ft_in1k', _VIT_ARGS),
-    Conversion('pnnh_vit_base_patch16_224', 'vit_base_patch16_224.augreg2_in21k_ft_in1k', _VIT_ARGS),
+    Conversion('pnnh_resnet18', 'resnet18.a1_in1k'),
+    Conversion('pnnh_resnet34', 'resnet34.a1_in1k'),
+    Conversion('pnnh_resnet50_identity', 'resnet50.a1_in1k'),
+    Conversion('pnnh_resnet101_identity', 'resnet101.a1h_in1k'),
+    Conversion('pnnh_resnet152_identity', 'resnet152.a1h_in1k'),
+    Conversion('pnnh_vit_tiny_patch16_224_identity', 'vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
+    Conversion('pnnh_vit_small_patch16_224_identity', 'vit_small_patch16_224.augreg_in21k_ft_in1k'),
+    Conversion('pnnh_vit_base_patch16_224_identity', 'vit_base_patch16_224.augreg2_in21k_ft_in1k'),
 )}
 
 
 class ConversionError(ValueError):
     """A residual state dict or model that cannot become a PNNH one exactly."""
-
-
-def _args_text(args: Mapping[str, Any]) -> str:
-    return ', '.join(f'{k}={v!r}' for k, v in args.items())
 
 
 def converted_cfgs(prefix: str) -> Dict[str, Dict[str, Any]]:
@@ -101,52 +90,9 @@ def converted_cfgs(prefix: str) -> Dict[str, Dict[str, Any]]:
             'hf_hub_id': source.hf_hub_id, 'hf_hub_filename': WEIGHTS_FILE, 'origin_url': source.origin_url,
             'description': f'timm {conversion.source} (residual), converted exactly to {conversion.model} at load time',
             'notes': (f'converted from {source.hf_hub_id}: function-identical to the residual net, accuracy is '
-                      f'the source\'s (not PNNH-trained)',
-                      f'implies model args {_args_text(conversion.model_args)}'),
+                      f'the source\'s (not PNNH-trained)',),
         }
     return cfgs
-
-
-def conversion_of(variant: str, pretrained_cfg: Any = None, overlay: Optional[Dict[str, Any]] = None
-                  ) -> Optional[Conversion]:
-    """The conversion of the tag ``variant`` resolves to (None for other tags)."""
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, overlay)
-    return CONVERSIONS.get(f'{variant}.{cfg.tag}') if cfg is not None and cfg.tag else None
-
-
-def _loads_the_source(conversion: Conversion, cfg: PretrainedCfg) -> bool:
-    """Whether ``cfg`` (resolved, overlay applied) loads the conversion's own weights (timm's), not a
-    file, state dict or repository of the user's choosing."""
-    registered = get_pretrained_cfg(conversion.name)
-    return (cfg.state_dict is None and not cfg.file and cfg.source in (None, registered.source)
-            and cfg.hf_hub_id == registered.hf_hub_id and cfg.url == registered.url)
-
-
-def converted_model_args(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The model arguments a converted tag implies, when its weights are loaded or the tag is named.
-
-    ``kwargs`` are the entrypoint's (``pretrained_cfg`` is the tag of a ``model.tag`` name). Where the
-    tag's own weights (timm's) are what is loaded or named, a knob in ``kwargs`` that contradicts the
-    tag raises ValueError. Where ``pretrained_cfg_overlay`` points the tag at other weights (a file, a
-    state dict, another repository: a copy of timm's weights, or a PNNH net trained or folded with other
-    knobs, e.g. ``coder_ratio=0.5``), the knobs in ``kwargs`` stay and the tag's arguments are defaults
-    for the others: the ones not in ``kwargs`` are returned.
-    """
-    if not pretrained and kwargs.get('pretrained_cfg') is None:
-        return {}
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    conversion = conversion_of(variant, kwargs.get('pretrained_cfg'), overlay)
-    if conversion is None:
-        return {}
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay)
-    if not _loads_the_source(conversion, cfg):
-        return {name: value for name, value in conversion.model_args.items() if name not in kwargs}
-    for name, value in conversion.model_args.items():
-        if name in kwargs and kwargs[name] != value:
-            raise ValueError(
-                f'{name}={kwargs[name]!r} is not allowed with {conversion.name}: its weights are timm\'s '
-                f'{conversion.source} converted exactly, which needs {_args_text(conversion.model_args)}')
-    return dict(conversion.model_args)
 
 
 def add_coders(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, coders: Dict[str, torch.Tensor],

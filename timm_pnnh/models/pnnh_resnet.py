@@ -43,7 +43,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
 from timm_pnnh.models import coder_ops
 from timm_pnnh.models._cfgs import (
     CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
-from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
+from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
     CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
 from timm_pnnh.reparam import (
@@ -95,6 +95,11 @@ def check_pnnh_args(**knobs: Any) -> None:
             check(knobs[name])
 
 
+def _relink(coder: '_Coder', incompatible_keys) -> None:
+    """Post-load hook of a sharing coder (a function, so that the model pickles)."""
+    coder._link()
+
+
 class _Coder(nn.Module):
     """The weight-sharing coder: encoder ``E`` (a conv C -> C_c) and decoder ``adj(E)``.
 
@@ -108,9 +113,13 @@ class _Coder(nn.Module):
     so plain SGD moves ``E`` with s times the learning rate (Adam-type optimizers: sqrt(s)) and weight
     decay shrinks ``E`` at the usual relative rate. Works with any training script, timm's included.
     ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
-    encoder and decoder share. ``weight``: a Parameter to use instead of a new one (``coder_sharing='stage'``:
-    the blocks of a stage use the same one; the first block initialised it and alone registers it, so it
-    is one entry of the state dict, counted and saved once, safetensors included).
+    encoder and decoder share. ``owner``: the coder whose Parameter this one uses instead of a new one
+    (``coder_sharing='stage'``: the blocks of a stage use the first block's). Only the owner registers it,
+    so it is one entry of the state dict, counted and saved once, safetensors included. Invariant: a
+    shared coder's ``weight`` is its owner's Parameter object. Whatever replaces the owner's Parameter
+    re-links the sharers: ``load_state_dict(assign=True)`` (a post-load hook), ``to_empty`` / ``to`` /
+    ``half`` (``_apply``, which visits the owner first: it is an earlier block); ``deepcopy`` copies
+    the one object once.
 
     ``code(x, act)`` is the coder's output. A ReLU coder without norm runs as one operation that
     recomputes its code in backward instead of saving it (``coder_ops.relu_coder``, ``recompute``
@@ -119,25 +128,39 @@ class _Coder(nn.Module):
     recompute = True
 
     def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
-                 norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, weight: Optional[nn.Parameter] = None,
+                 norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, owner: Optional['_Coder'] = None,
                  device=None, dtype=None):
         super().__init__()
         self.padding = get_padding(kernel_size, 1, dilation)
         self.dilation = dilation
         self.gain = float(lr_scale) ** 0.5
         shape = (coder_channels, channels, kernel_size, kernel_size)
-        if weight is not None and tuple(weight.shape) != shape:
-            raise ValueError(f'coder weight of shape {tuple(weight.shape)} is not allowed here: it must be {shape}')
-        if weight is None:
+        if owner is not None and tuple(owner.weight.shape) != shape:
+            raise ValueError(f'coder weight of shape {tuple(owner.weight.shape)} is not allowed here: it must be {shape}')
+        object.__setattr__(self, 'owner', owner)  # not a submodule: the owner is saved where it is registered
+        if owner is None:
             self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        else:  # the stage's first coder owns (registers, saves, counts) the Parameter; this one only uses it
-            object.__setattr__(self, 'weight', weight)
+        else:
+            self._link()
+            self.register_load_state_dict_post_hook(_relink)
         self.norm = norm_layer(coder_channels, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
         self.init = init
-        if weight is None:
+        if owner is None:
             self.reset_parameters()
 
+    def _link(self) -> None:
+        """Use the owner's Parameter (unregistered here)."""
+        object.__setattr__(self, 'weight', self.owner.weight)
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        if self.owner is not None:
+            self._link()
+        return module
+
     def reset_parameters(self) -> None:
+        if self.owner is not None:  # the owner initialises the shared Parameter
+            return
         if self.init == 'dirac':
             signed_dirac_(self.weight.data)
         elif self.init == 'orthogonal':
@@ -258,7 +281,7 @@ class _PnnhBlock(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module],
                  reduce_first: int, first_dilation: int, norm_layer: Type[nn.Module], attn_layer, aa_layer,
-                 drop_path: Optional[nn.Module], coder_weight: Optional[nn.Parameter], knobs: Dict[str, Any],
+                 drop_path: Optional[nn.Module], shared_coder: Optional[nn.Module], knobs: Dict[str, Any],
                  device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
@@ -271,7 +294,7 @@ class _PnnhBlock(nn.Module):
         _check_unsupported(name, attn_layer, aa_layer, reduce_first)
         self.coder = _Coder(channels, coder_width(channels, knobs['coder_ratio'], 'coder_ratio'), knobs['coder_kernel'],
                             first_dilation, knobs['coder_init'], norm_layer if knobs['coder_norm'] else None,
-                            knobs['coder_lr_scale'], coder_weight, device=device, dtype=dtype)
+                            knobs['coder_lr_scale'], shared_coder, device=device, dtype=dtype)
         self.drop_path = drop_path
         self.deploy_form = knobs['deploy_form']
         self.inference_mode = False
@@ -389,7 +412,7 @@ class PnnhBasicBlock(_PnnhBlock):
             coder_norm: bool = PNNH_KNOBS['coder_norm'],
             coder_lr_scale: float = PNNH_KNOBS['coder_lr_scale'],
             deploy_form: str = PNNH_KNOBS['deploy_form'],
-            coder_weight: Optional[nn.Parameter] = None,
+            shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
     ):
@@ -399,7 +422,7 @@ class PnnhBasicBlock(_PnnhBlock):
                      coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
                      deploy_form=deploy_form)
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
-                         aa_layer, drop_path, coder_weight, knobs, **dd)
+                         aa_layer, drop_path, shared_coder, knobs, **dd)
         if cardinality != 1 or base_width != 64:
             raise ValueError(f'cardinality={cardinality}, base_width={base_width}: PnnhBasicBlock supports only 1 and 64')
         channels = planes
@@ -506,7 +529,7 @@ class PnnhBottleneck(_PnnhBlock):
             coder_norm: bool = PNNH_BOTTLENECK_KNOBS['coder_norm'],
             coder_lr_scale: float = PNNH_BOTTLENECK_KNOBS['coder_lr_scale'],
             deploy_form: str = PNNH_BOTTLENECK_KNOBS['deploy_form'],
-            coder_weight: Optional[nn.Parameter] = None,
+            shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
     ):
@@ -516,7 +539,7 @@ class PnnhBottleneck(_PnnhBlock):
                      coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
                      deploy_form=deploy_form)
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
-                         aa_layer, drop_path, coder_weight, knobs, **dd)
+                         aa_layer, drop_path, shared_coder, knobs, **dd)
         channels = planes * self.expansion
         width = int(planes * (base_width / 64)) * cardinality
         width = coder_width(width, learner_ratio, 'learner_ratio')
@@ -671,7 +694,7 @@ class BlockSelector:
     ``transition_block`` (timm's residual block, or the plain one when the model is built with
     ``plain_transitions=True``). ResNet reads ``expansion`` and calls the selector like a class, block
     by block and stage by stage. With ``coder_sharing='stage'`` the PNNH blocks after one transition
-    (one stage) get the first one's coder Parameter; a selector builds one model.
+    (one stage) use the first one's coder Parameter (``_Coder`` ``owner``); a selector builds one model.
     """
 
     def __init__(self, pnnh_block, transition_block, coder_sharing: str = 'block', **pnnh_kwargs):
@@ -683,13 +706,14 @@ class BlockSelector:
         self.transition_block = transition_block
         self.share = coder_sharing == 'stage'
         self.pnnh_kwargs = pnnh_kwargs
-        self.stage_coder: Optional[nn.Parameter] = None
+        self.stage_coder: Optional[nn.Module] = None
 
     def __call__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
         if stride == 1 and downsample is None and inplanes == planes * self.expansion:
             block = self.pnnh_block(inplanes, planes, **kwargs, **self.pnnh_kwargs,
-                                    coder_weight=self.stage_coder if self.share else None)
-            self.stage_coder = block.coder.weight
+                                    shared_coder=self.stage_coder if self.share else None)
+            if self.share and self.stage_coder is None:
+                self.stage_coder = block.coder
             return block
         self.stage_coder = None  # a new stage begins after a transition
         return self.transition_block(inplanes, planes, stride, downsample, **kwargs)
@@ -822,12 +846,12 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
     caller's ``kwargs`` (timm's ResNet arguments; with a PNNH ``block`` also its knobs and
     ``plain_transitions``). Bad arguments raise ValueError (an unknown one also TypeError)."""
     block, layers = model_args['block'], model_args['layers']
+    kwargs = dict({k: v for k, v in model_args.items() if k not in ('block', 'layers')}, **kwargs)
     pnnh = issubclass(block, _PnnhBlock)
     allowed = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
     allowed = (allowed - {'block', 'layers'}) | {'inference_mode'}
     check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed)
     if pnnh:
-        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
         knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}
         check_pnnh_args(**knobs)
@@ -868,7 +892,7 @@ def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({
-    **converted_cfgs('pnnh_resnet'),  # the default tags of the ImageNet-style PNNH nets: timm's weights, converted
+    **converted_cfgs('pnnh_resnet'),  # pnnh_resnet18/34's default and the *_identity names' tags: timm's, converted
     **{f'{f}_resnet{d}.in1k': _cfg() for f in ('pnnh', 'plain') for d in IMAGENET_DEPTHS},
     **{f'{p}_resnet{d}.cifar10': _cifar_cfg() for p in ('pnnh', 'plain', 'cifar') for d in CIFAR_DEPTHS},
     **{f'{p}_resnet{d}.fmnist': _fmnist_cfg() for p in ('pnnh', 'plain', 'cifar') for d in FMNIST_DEPTHS},
@@ -908,6 +932,27 @@ def pnnh_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-152, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
     model_args = dict(block=PnnhBottleneck, layers=(3, 8, 36, 3))
     return _create_resnet('pnnh_resnet152', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet50_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-50, PNNH with C-wide coders: the form timm's resnet50 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 6, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet50_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet101_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-101, PNNH with C-wide coders: the form timm's resnet101 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 4, 23, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet101_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_resnet152_identity(pretrained: bool = False, **kwargs) -> ResNet:
+    """ImageNet-style ResNet-152, PNNH with C-wide coders: the form timm's resnet152 weights load into exactly."""
+    model_args = dict(block=PnnhBottleneck, layers=(3, 8, 36, 3), coder_ratio=1.0)
+    return _create_resnet('pnnh_resnet152_identity', pretrained, model_args, **kwargs)
 
 
 @register_model

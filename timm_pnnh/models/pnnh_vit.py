@@ -35,7 +35,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
-from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs, converted_model_args
+from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
     CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
 
@@ -474,7 +474,6 @@ def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kw
     allowed = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
     check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed)
     if pnnh:
-        kwargs.update(converted_model_args(variant, pretrained, kwargs))  # a tag of timm's converted weights
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
         coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
@@ -500,8 +499,12 @@ def _small_image_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
 
 
+# the *_identity names: each block computes timm's Block when its coders are the signed Dirac E = [I; -I]
+# (act(u) - act(-u) = u), so timm's residual weights load exactly (_converted.py)
+_IDENTITY_ARGS = dict(arrangement='sequential', coder_ratio=2.0)
+
 default_cfgs = generate_default_cfgs(hub_cfgs({
-    **converted_cfgs('pnnh_vit'),  # the default tags of the ImageNet-size PNNH ViTs: timm's weights, converted
+    **converted_cfgs('pnnh_vit'),  # the *_identity names' tags: timm's weights, converted at load time
     **{f'{f}_vit_{size}_patch16_224.in1k': _cfg() for f in ('pnnh', 'plain') for size in SIZES},
     **{f'{p}_vit_{size}_patch4_32.cifar10': _small_image_cfg() for p in ('pnnh', 'plain', 'cifar')
        for size in SMALL_IMAGE_SIZES},
@@ -527,6 +530,28 @@ def pnnh_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTrans
     """ViT-Base, patch 16, PNNH (linear coder + attention/MLP learner, no residual add)."""
     model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=768, depth=12, num_heads=12)
     return _create_vit('pnnh_vit_base_patch16_224', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_vit_tiny_patch16_224_identity(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny, patch 16, PNNH in the form timm's vit_tiny_patch16_224 weights load into exactly (sequential,
+    signed Dirac coders of width 2C)."""
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=192, depth=12, num_heads=3, **_IDENTITY_ARGS)
+    return _create_vit('pnnh_vit_tiny_patch16_224_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_vit_small_patch16_224_identity(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small, patch 16, PNNH in the form timm's vit_small_patch16_224 weights load into exactly."""
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=384, depth=12, num_heads=6, **_IDENTITY_ARGS)
+    return _create_vit('pnnh_vit_small_patch16_224_identity', pretrained, model_args, **kwargs)
+
+
+@register_model
+def pnnh_vit_base_patch16_224_identity(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Base, patch 16, PNNH in the form timm's vit_base_patch16_224 weights load into exactly."""
+    model_args = dict(block_fn=PnnhBlock, patch_size=16, embed_dim=768, depth=12, num_heads=12, **_IDENTITY_ARGS)
+    return _create_vit('pnnh_vit_base_patch16_224_identity', pretrained, model_args, **kwargs)
 
 
 @register_model
