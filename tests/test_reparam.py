@@ -17,7 +17,8 @@ from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, fold_batchnorms
 
 PNNH_RESNETS = registered_models('pnnh_resnet*')
-SLOW_DEPTHS = ('pnnh_resnet50', 'pnnh_resnet101', 'pnnh_resnet152')  # full-size ImageNet bottleneck nets: slow tier
+# full-size ImageNet bottleneck nets (the default and the _identity forms): slow tier
+SLOW_DEPTHS = tuple(n for n in PNNH_RESNETS if n.split('_')[1] in ('resnet50', 'resnet101', 'resnet152'))
 VARIANTS = [
     dict(coder_kernel=3),
     dict(coder_norm=True),
@@ -63,7 +64,7 @@ def assert_no_pnnh_blocks_left(model: nn.Module) -> None:
 
 @pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_DEPTHS else n for n in PNNH_RESNETS])
 def test_reparameterized_logits_match(name):
-    assert len(PNNH_RESNETS) == 10
+    assert len(PNNH_RESNETS) == 13  # 10 depths and the 3 exact-conversion bottleneck forms
     ref, fused, _, _ = logits_pair(name)
     assert ref.std() > 1e-2  # the logits are not trivially equal
     assert (ref - fused).abs().max().item() <= 1e-4

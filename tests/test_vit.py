@@ -22,6 +22,7 @@ torch.set_num_threads(1)
 EXPECTED_NAMES = {
     *(f'{f}_vit_{s}_patch16_224' for f in ('pnnh', 'plain') for s in ('tiny', 'small', 'base')),
     *(f'{f}_vit_{s}_patch4_32' for f in ('pnnh', 'plain', 'cifar') for s in ('tiny', 'small')),
+    *(f'pnnh_vit_{s}_patch16_224_identity' for s in ('tiny', 'small', 'base')),
 }
 SMALL = dict(embed_dim=32, num_heads=2, depth=2)  # CPU-sized variant of the 32x32 models
 FAMILY_NAMES = ('pnnh_vit_tiny_patch4_32', 'plain_vit_tiny_patch4_32', 'cifar_vit_tiny_patch4_32')
@@ -179,9 +180,12 @@ def test_model_parameter_count_closed_form(name):
     C, depth, patch = model.embed_dim, len(model.blocks), model.patch_embed.patch_size[0]
     tokens = model.patch_embed.num_patches + 1
     Cc = int(PNNH_VIT_KNOBS['coder_ratio'] * C) if name.startswith('pnnh') else 0
+    coders = 1
+    if name.endswith('_identity'):  # the exact-conversion form: two 2C-wide coders per block (sequential)
+        Cc, coders = 2 * C, 2
     stem = 3 * patch * patch * C + C + C + tokens * C  # patch embed (w + b), class token, position embedding
     head = 2 * C + C * model.num_classes + model.num_classes  # final norm, classifier
-    expected = stem + depth * _block_params(C, 4 * C, Cc, 1) + head
+    expected = stem + depth * _block_params(C, 4 * C, Cc, coders) + head
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
