@@ -53,7 +53,9 @@ def randomise(model: nn.Module, seed: int = 0) -> None:
             elif 'norm' in name and name.endswith('bias'):
                 p.normal_(0, 0.1, generator=g)
             elif name.endswith('coder.weight') or name.endswith('coder2.weight'):
-                p.add_(torch.randn(p.shape, generator=g), alpha=0.1)
+                # scaled by the coder's width, so that E^T E stays near the identity at any width (a fixed
+                # scale multiplies the tokens by about 1 + 0.01 * 2C per coder, and overflows ViT-Base)
+                p.add_(torch.randn(p.shape, generator=g), alpha=0.1 * (64 / p.shape[0]) ** 0.5)
 
 
 def model_and_input(name: str, batch: int = 2, **kwargs):
