@@ -1,6 +1,6 @@
 """What the model families share: knob checks, coder widths and inits, argument checks, the deployed form."""
 import inspect
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,15 @@ class UnknownModelArgument(TypeError, ValueError):
     contract (its tests/test_models.py) expects for unknown constructor arguments."""
 
 
-def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterable[str]) -> Tuple[str, ...]:
-    """Raise UnknownModelArgument for any of ``kwargs`` that neither the model nor timm's builder takes."""
-    allowed = tuple(sorted((set(model_args) | BUILDER_ARGS) - {'self', 'kwargs', 'args'}))
+def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterable[str],
+                       fixed: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
+    """Raise UnknownModelArgument for any of ``kwargs`` that neither the model nor timm's builder takes,
+    and a ValueError for any in ``fixed`` (timm's arguments that ``variant`` sets itself: name -> why)."""
+    fixed = fixed or {}
+    allowed = tuple(sorted((set(model_args) | BUILDER_ARGS) - {'self', 'kwargs', 'args'} - set(fixed)))
     for name, value in kwargs.items():
+        if name in fixed:
+            raise ValueError(f'{variant}: {name}={value!r} is not allowed: {fixed[name]}')
         if name not in allowed:
             raise UnknownModelArgument(
                 f'{variant}: unknown model argument {name}={value!r}; allowed: {", ".join(allowed)}')
