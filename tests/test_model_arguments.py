@@ -1,5 +1,5 @@
 """Every keyword of timm's ResNet / VisionTransformer either works on a registered name or is refused
-with one ValueError that names it (never Python's TypeError)."""
+with one ValueError that names it (never Python's TypeError); so is every knob value of the wrong type."""
 import functools
 import inspect
 
@@ -12,6 +12,8 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import Block, VisionTransformer
 
 import timm_pnnh  # noqa: F401
+from timm_pnnh.models.pnnh_resnet import PNNH_KNOBS
+from timm_pnnh.models.pnnh_vit import PNNH_VIT_KNOBS
 
 # a plausible non-default value for each keyword
 RESNET_VALUES = dict(
@@ -55,3 +57,23 @@ def test_timm_keyword_builds_or_is_refused_by_name(name, key, value, base):
         named = [key] + (list(value) if isinstance(value, dict) else [])
         assert any(n in str(e) for n in named), f'{key}={value!r}: the error does not name it: {e}'
         assert '\n' not in str(e), str(e)
+
+
+# values of the wrong type for a knob whose default is of this type (None is left out: timm drops it)
+WRONG_TYPES = {bool: (1, 0.0, 'True'), int: (1.0, True, '1'), float: (True, '1.0'), str: (1, True)}
+KNOB_CASES = [('pnnh_resnet20', PNNH_KNOBS, {}), ('pnnh_vit_tiny_patch4_32', PNNH_VIT_KNOBS, dict(depth=1))]
+
+
+@pytest.mark.parametrize('name,knob,value,base', [
+    pytest.param(name, knob, value, base, id=f'{name}-{knob}={value!r}')
+    for name, knobs, base in KNOB_CASES for knob, default in knobs.items() for value in WRONG_TYPES[type(default)]])
+def test_knob_of_the_wrong_type_is_refused_by_name(name, knob, value, base):
+    with pytest.raises(ValueError) as info:
+        timm.create_model(name, **base, **{knob: value})
+    assert not isinstance(info.value, TypeError)
+    assert str(info.value).startswith(f'{knob}={value!r} is not allowed: it must be ') and '\n' not in str(info.value)
+
+
+def test_knob_of_the_right_type_builds():
+    timm.create_model('pnnh_resnet20', coder_kernel=3, coder_norm=True, coder_ratio=1, learner_ratio=0.5)
+    timm.create_model('pnnh_vit_tiny_patch4_32', depth=1, coder_norm=True, zero_init_last=False, coder_ratio=2)

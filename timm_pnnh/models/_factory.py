@@ -50,9 +50,11 @@ def check_ratio(name: str, value, low: float, high: float) -> float:
 
 
 def check_choice(name: str, value, allowed: Tuple) -> None:
-    """A ValueError naming ``name`` unless ``value`` is one of ``allowed`` (bools only match bools)."""
-    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        what = 'True or False' if allowed == (False, True) else f'one of {allowed}'
+    """A ValueError naming ``name`` unless ``value`` is one of ``allowed`` and of their type (bools only
+    match bools, ints only ints: ``1.0`` and ``True`` are not ``1``)."""
+    kind = type(allowed[0])
+    if value not in allowed or isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        what = 'True or False' if kind is bool else f'an int, one of {allowed}' if kind is int else f'one of {allowed}'
         raise ValueError(f'{name}={value!r} is not allowed: it must be {what}')
 
 
