@@ -197,7 +197,7 @@ def test_plain_transitions_remove_every_shortcut():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(aa_layer=torch.nn.AvgPool2d), 'aa_layer=.* is not supported by PnnhBasicBlock: it must be None'),
-    (dict(block_reduce_first=2), 'reduce_first=2 is not supported by PnnhBasicBlock: it must be 1'),
+    (dict(block_reduce_first=2), 'block_reduce_first=2 is not allowed: PnnhBasicBlock takes only block_reduce_first=1'),
     (dict(coder_sharing='model'), "coder_sharing='model' is not allowed: it must be one of"),
 ])
 def test_arguments_the_pnnh_blocks_cannot_honour_raise(kwargs, message):

@@ -1,6 +1,10 @@
 """The training form of the PNNH blocks: summed branches, exact gradients, no per-step weight copy,
 a coder that saves no feature map of its own, one graph under torch.compile."""
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,6 +17,7 @@ from timm.utils.model import reparameterize_model
 from torch.profiler import ProfilerActivity, profile
 
 import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.errors import UsageError
 from timm_pnnh.models import coder_ops
 from timm_pnnh.models.coder_ops import relu_coder
 from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
@@ -188,6 +193,7 @@ def test_the_1x1_coder_form_follows_the_cpu_by_default(monkeypatch):
     oneDNN's convolutions on other CPUs; True or False forces one; only a 1x1 coder on channels_last input
     can run as matrix products."""
     monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)
+    monkeypatch.setattr(coder_ops, '_matmul_1x1_env', None)  # TIMM_PNNH_MATMUL_1X1 unset
     x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)
     one, three = torch.randn(2, 4, 1, 1), torch.randn(2, 4, 3, 3)
     for intel in (True, False):
@@ -203,12 +209,32 @@ def test_the_1x1_coder_form_follows_the_cpu_by_default(monkeypatch):
 
 @pytest.mark.parametrize('value, expected', [('', None), ('1', True), ('0', False)])
 def test_the_1x1_coder_form_can_be_forced_from_the_environment(value, expected, monkeypatch):
+    """The variable is read on first use; Python's ``MATMUL_1X1`` wins over it."""
     monkeypatch.setenv('TIMM_PNNH_MATMUL_1X1', value)
-    assert coder_ops._matmul_1x1_from_env() is expected
+    monkeypatch.setattr(coder_ops, '_matmul_1x1_env', coder_ops._UNREAD)
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)
+    monkeypatch.setattr(coder_ops, 'MKL_ON_INTEL', False)
+    assert coder_ops.matmul_1x1_on('cpu') is bool(expected) and coder_ops.matmul_1x1_env() is expected
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', not expected)
+    assert coder_ops.matmul_1x1_on('cpu') is (not expected)
 
 
 def test_a_bad_1x1_coder_form_in_the_environment_says_what_is_allowed(monkeypatch):
     monkeypatch.setenv('TIMM_PNNH_MATMUL_1X1', 'yes')
-    with pytest.raises(ValueError, match=r"^TIMM_PNNH_MATMUL_1X1='yes' is not allowed: it must be 1 \(matrix products\), "
-                                         r"0 \(convolutions\) or unset"):
-        coder_ops._matmul_1x1_from_env()
+    monkeypatch.setattr(coder_ops, '_matmul_1x1_env', coder_ops._UNREAD)
+    monkeypatch.setattr(coder_ops, 'MATMUL_1X1', None)
+    with pytest.raises(UsageError, match=r"^TIMM_PNNH_MATMUL_1X1='yes' is not allowed: it must be 1 \(matrix products\), "
+                                         r"0 \(convolutions\) or unset \(chosen by the CPU\)$"):
+        coder_ops.matmul_1x1_on('cpu')
+
+
+def test_a_bad_1x1_coder_form_in_the_environment_ends_a_command_in_one_line():
+    """The package imports with any value; ``timm-pnnh`` says what is wrong in one line, exit code 2."""
+    env = dict(os.environ, TIMM_PNNH_MATMUL_1X1='yes', OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run([sys.executable, '-m', 'timm_pnnh', 'models', '--names-only'], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and result.stdout == '' and 'Traceback' not in result.stderr
+    assert result.stderr.splitlines() == [
+        "timm-pnnh models: error: TIMM_PNNH_MATMUL_1X1='yes' is not allowed: it must be 1 (matrix products), "
+        "0 (convolutions) or unset (chosen by the CPU)"]

@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from timm_pnnh.errors import UsageError
+from timm_pnnh.models.coder_ops import matmul_1x1_env
 
 COMMAND_MODULES = (
     'timm_pnnh.catalog',
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        matmul_1x1_env()  # the environment variable, checked before any work
         return int(args.func(args) or 0)
     except UsageError as err:
         message = ' '.join(line.strip() for line in str(err).splitlines())

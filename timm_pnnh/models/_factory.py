@@ -1,6 +1,6 @@
 """What the model families share: knob checks, coder widths and inits, argument checks, the deployed form."""
 import inspect
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,15 @@ class UnknownModelArgument(TypeError, ValueError):
     contract (its tests/test_models.py) expects for unknown constructor arguments."""
 
 
-def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterable[str]) -> Tuple[str, ...]:
-    """Raise UnknownModelArgument for any of ``kwargs`` that neither the model nor timm's builder takes."""
-    allowed = tuple(sorted((set(model_args) | BUILDER_ARGS) - {'self', 'kwargs', 'args'}))
+def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterable[str],
+                       fixed: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
+    """Raise UnknownModelArgument for any of ``kwargs`` that neither the model nor timm's builder takes,
+    and a ValueError for any in ``fixed`` (timm's arguments that ``variant`` sets itself: name -> why)."""
+    fixed = fixed or {}
+    allowed = tuple(sorted((set(model_args) | BUILDER_ARGS) - {'self', 'kwargs', 'args'} - set(fixed)))
     for name, value in kwargs.items():
+        if name in fixed:
+            raise ValueError(f'{variant}: {name}={value!r} is not allowed: {fixed[name]}')
         if name not in allowed:
             raise UnknownModelArgument(
                 f'{variant}: unknown model argument {name}={value!r}; allowed: {", ".join(allowed)}')
@@ -45,9 +50,11 @@ def check_ratio(name: str, value, low: float, high: float) -> float:
 
 
 def check_choice(name: str, value, allowed: Tuple) -> None:
-    """A ValueError naming ``name`` unless ``value`` is one of ``allowed`` (bools only match bools)."""
-    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        what = 'True or False' if allowed == (False, True) else f'one of {allowed}'
+    """A ValueError naming ``name`` unless ``value`` is one of ``allowed`` and of their type (bools only
+    match bools, ints only ints: ``1.0`` and ``True`` are not ``1``)."""
+    kind = type(allowed[0])
+    if value not in allowed or isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        what = 'True or False' if kind is bool else f'an int, one of {allowed}' if kind is int else f'one of {allowed}'
         raise ValueError(f'{name}={value!r} is not allowed: it must be {what}')
 
 

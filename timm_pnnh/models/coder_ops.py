@@ -22,12 +22,14 @@ derivative; those coders keep the plain autograd form.
 import math
 import os
 from contextlib import nullcontext
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
+
+from timm_pnnh.errors import UsageError
 
 __all__ = ['relu_coder', 'recompute_applies', 'conv', 'conv_add_']
 
@@ -62,19 +64,32 @@ def _image(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # is tuned for Intel's CPUs). None, the default, picks by that: matrix products on an Intel CPU with MKL
 # and on other devices (not measured), convolutions on other CPUs. To force one, set the environment
 # variable TIMM_PNNH_MATMUL_1X1 to 1 or 0 (also for timm's scripts), or this to True or False before
-# training or deploying.
+# training or deploying (this wins over the variable).
 MATMUL_ENV = 'TIMM_PNNH_MATMUL_1X1'
+MATMUL_1X1: Optional[bool] = None
 
 
 def _matmul_1x1_from_env() -> Optional[bool]:
+    """TIMM_PNNH_MATMUL_1X1 as True (1), False (0) or None (unset); a UsageError naming any other value."""
     value = os.environ.get(MATMUL_ENV, '')
     if value not in ('', '0', '1'):
-        raise ValueError(f'{MATMUL_ENV}={value!r} is not allowed: it must be 1 (matrix products), 0 (convolutions) '
+        raise UsageError(f'{MATMUL_ENV}={value!r} is not allowed: it must be 1 (matrix products), 0 (convolutions) '
                          f'or unset (chosen by the CPU)')
     return None if value == '' else value == '1'
 
 
-MATMUL_1X1: Optional[bool] = _matmul_1x1_from_env()
+# the variable, read on first use (not at import, so that a bad value is one error where it matters: at
+# the first channels_last coder, or at the start of any timm-pnnh command), then kept
+_UNREAD = 'unread'
+_matmul_1x1_env: Union[Optional[bool], str] = _UNREAD
+
+
+def matmul_1x1_env() -> Optional[bool]:
+    """TIMM_PNNH_MATMUL_1X1, read and checked once (``_matmul_1x1_from_env``)."""
+    global _matmul_1x1_env
+    if _matmul_1x1_env is _UNREAD:
+        _matmul_1x1_env = _matmul_1x1_from_env()
+    return _matmul_1x1_env
 
 
 def _mkl_on_intel() -> bool:
@@ -92,9 +107,12 @@ MKL_ON_INTEL = _mkl_on_intel()  # read once: the choice must not cost a file rea
 
 def matmul_1x1_on(device_type: str) -> bool:
     """Whether a 1x1 coder on channels_last input runs as matrix products on this kind of device
-    (``MATMUL_1X1``; when None: not on a CPU, or on an Intel CPU with MKL)."""
+    (``MATMUL_1X1``, else TIMM_PNNH_MATMUL_1X1; when neither is set: not on a CPU, or on an Intel CPU with MKL)."""
     if MATMUL_1X1 is not None:
         return MATMUL_1X1
+    from_env = matmul_1x1_env()
+    if from_env is not None:
+        return from_env
     return device_type != 'cpu' or MKL_ON_INTEL
 
 

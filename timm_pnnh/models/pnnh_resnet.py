@@ -726,6 +726,10 @@ class CifarResNet(ResNet):
     checkpointing, ``group_matcher``, ``reset_classifier`` -- is timm's.
     """
 
+    # timm ResNet arguments this stem replaces (refused by name on the registered names)
+    fixed_args = dict.fromkeys(('stem_type', 'stem_width', 'replace_stem_pool'),
+                               'the CIFAR-style nets have their own stem (a 3x3 stride-1 conv, no max-pool)')
+
     def __init__(self, block, layers: Tuple[int, ...], channels: Tuple[int, ...] = (16, 32, 64),
                  in_chans: int = 3, **kwargs):
         if len(layers) != 3 or len(channels) != 3:
@@ -849,8 +853,17 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
     kwargs = dict({k: v for k, v in model_args.items() if k not in ('block', 'layers')}, **kwargs)
     pnnh = issubclass(block, _PnnhBlock)
     allowed = set(inspect.signature(ResNet.__init__).parameters) | set(inspect.signature(model_cls.__init__).parameters)
-    allowed = (allowed - {'block', 'layers'}) | {'inference_mode'}
-    check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed)
+    allowed |= {'inference_mode'}
+    fixed = dict(block=f'the name sets its block ({block.__name__})', layers=f'the name sets its depth ({layers})',
+                 **getattr(model_cls, 'fixed_args', {}))
+    check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed, fixed)
+    # timm arguments the name's block takes one value of (timm's BasicBlock asserts on the first two)
+    only = dict(cardinality=1, base_width=64) if block.expansion == 1 else {}
+    if pnnh:
+        only['block_reduce_first'] = 1
+    for name, value in only.items():
+        if kwargs.get(name, value) != value:
+            raise ValueError(f'{variant}: {name}={kwargs[name]!r} is not allowed: {block.__name__} takes only {name}={value}')
     if pnnh:
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
         knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}

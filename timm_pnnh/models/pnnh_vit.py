@@ -471,8 +471,9 @@ def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kw
     block_fn = model_args['block_fn']
     pnnh = block_fn is PnnhBlock
     kwargs = dict({k: v for k, v in model_args.items() if k != 'block_fn'}, **kwargs)
-    allowed = set(inspect.signature(VisionTransformer.__init__).parameters) - {'block_fn'} | {'inference_mode'}
-    check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed)
+    allowed = set(inspect.signature(VisionTransformer.__init__).parameters) | {'inference_mode'}
+    fixed = dict(block_fn=f'the name sets its block ({block_fn.__name__})')
+    check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed, fixed)
     if pnnh:
         knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
         check_pnnh_vit_args(**knobs)
