@@ -13,7 +13,7 @@ import timm.models._registry as registry
 import timm_pnnh  # noqa: F401  (registers the models)
 
 MODULES = {'resnet': ['pnnh_resnet'], 'vision_transformer': ['pnnh_vit']}
-PATTERNS = {'vit_*': ['pnnh_vit_*', 'plain_vit_*', 'cifar_vit_*']}
+PATTERNS = {'vit_*': ['pnnh_vit_*', 'plain_vit_*', 'cifar_vit_*', 'sasp_vit_*']}
 _list_models = registry.list_models
 
 

@@ -77,6 +77,29 @@ def test_trained_attention_is_shaped():
     assert torch.allclose(attn(x), expected, atol=1e-5)
 
 
+
+def test_masks_shape_c_like_the_softmax():
+    """With ``is_causal`` or an ``attn_mask``, C is uniform over the keys each query may see: a fresh attention
+    is still the identity, and a trained one is alpha I + beta masked-softmax - gamma masked-uniform."""
+    tokens = torch.randn(2, 50, 96)
+    causal = torch.ones(50, 50, dtype=torch.bool).tril()
+    for block in _net().blocks[:3]:
+        assert torch.allclose(block.attn(tokens, is_causal=True), tokens, atol=1e-5)
+        assert torch.allclose(block.attn(tokens, attn_mask=causal), tokens, atol=1e-5)
+    torch.manual_seed(2)
+    attn = ShapedAttention(8, num_heads=2)
+    torch.nn.init.normal_(attn.qk.weight)
+    x = torch.randn(1, 5, 8)
+    q, k = attn.qk(x).reshape(1, 5, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()
+    softmax = torch.softmax((q @ k.transpose(-1, -2) / 2.0).masked_fill(~allowed, float('-inf')), dim=-1)
+    uniform = allowed / allowed.sum(-1, keepdim=True)
+    v = x.reshape(1, 5, 2, 4).transpose(1, 2)
+    expected = ((torch.eye(5) + softmax - uniform) @ v).transpose(1, 2).reshape(1, 5, 8)
+    assert torch.allclose(attn(x, is_causal=True), expected, atol=1e-5)
+    assert torch.allclose(attn(x, attn_mask=allowed), expected, atol=1e-5)
+    assert not torch.allclose(attn(x), expected, atol=1e-3)
+
 def test_fewer_parameters_than_the_vit():
     sasp = sum(p.numel() for p in _net().parameters())
     vit = sum(p.numel() for p in timm.create_model('cifar_vit_tiny_patch4_32', img_size=28, in_chans=1, num_classes=10,

@@ -12,9 +12,9 @@ parallel sub-blocks and no residual add::
     y = g_a * SA(u) + g_m * drop_path(MLP(u))
     SA(u) = merge_heads( (alpha_h I + beta_h softmax(q k^T / sqrt(d)) - gamma_h C) u_h )
 
-``C`` is the uniform matrix ``1/T`` (non-causal: every token of an image attends to every other), the
-per-head ``alpha, beta, gamma`` are trainable, initialised to 1, and the queries' weights (and bias)
-start at zero, so that softmax is uniform, ``beta softmax - gamma C = 0`` and ``SA(u) = u``: a fresh
+``C`` is the uniform matrix ``1/T`` (uniform over the allowed keys when timm passes ``attn_mask`` or
+``is_causal``), the per-head ``alpha, beta, gamma`` are trainable, initialised to 1, and the queries'
+weights (and bias) start at zero, so that softmax is uniform, ``beta softmax - gamma C = 0`` and ``SA(u) = u``: a fresh
 block computes ``N x + g_m MLP(N x)``. The value and output projections are fixed to the identity
 (no parameters), so the attention sub-block holds only the query and key weights: about 15% fewer
 parameters than timm's ``Block`` at ``mlp_ratio=4``. ``g_a`` (init 1) and ``g_m`` (init 0.1, the
@@ -32,7 +32,7 @@ from typing import Any, Optional, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm, Mlp
+from timm.layers import DropPath, LayerNorm, Mlp, register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention, VisionTransformer
 
@@ -43,6 +43,19 @@ __all__ = ['ShapedAttention', 'SaspBlock', 'MLP_GAIN_INIT']
 
 MLP_GAIN_INIT = 0.1  # the authors' g_m at depth 18 (they scale it as O(1/sqrt(depth)))
 PAPER = dict(paper_ids='arXiv:2311.01906', paper_name='Simplifying Transformer Blocks', license='apache-2.0')
+
+
+@register_notrace_function  # torch.fx traces the mask arguments as Proxies: the branch runs on real values
+def uniform_mix(v: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool) -> torch.Tensor:
+    """``C v``: each query's mean over the keys it may see (softmax of the mask alone).
+
+    Without a mask ``C`` is the uniform matrix ``1/T`` and ``C v`` the token mean; with ``attn_mask``
+    (bool or additive, as ``scaled_dot_product_attention`` takes it) or ``is_causal``, ``C`` is uniform
+    over the allowed keys, so that ``beta softmax - gamma C`` still starts at zero.
+    """
+    if attn_mask is None and not is_causal:
+        return v.mean(dim=2, keepdim=True)
+    return F.scaled_dot_product_attention(torch.zeros_like(v), v, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
 class ShapedAttention(nn.Module):
@@ -82,15 +95,15 @@ class ShapedAttention(nn.Module):
             for gain in (self.alpha, self.beta, self.gamma):
                 gain.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
         batch, tokens, dim = x.shape
         q, k = self.qk(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         v = x.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.,
-                                               scale=self.scale)
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
         alpha, beta, gamma = (g.view(1, -1, 1, 1) for g in (self.alpha, self.beta, self.gamma))
-        out = alpha * v + beta * mixed - gamma * v.mean(dim=2, keepdim=True)
+        out = alpha * v + beta * mixed - gamma * uniform_mix(v, attn_mask, is_causal)
         return out.transpose(1, 2).reshape(batch, tokens, dim)
 
 
@@ -148,11 +161,8 @@ class SaspBlock(nn.Module):
             self.mlp_gain.fill_(MLP_GAIN_INIT)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError('attn_mask and is_causal are not supported by the SAS-P block (its C is the '
-                             'non-causal uniform matrix)')
         u = self.norm1(x)
-        return self.attn_gain * self.attn(u) + self.mlp_gain * self.drop_path(self.mlp(u))
+        return self.attn_gain * self.attn(u, attn_mask=attn_mask, is_causal=is_causal) + self.mlp_gain * self.drop_path(self.mlp(u))
 
 
 default_cfgs = generate_default_cfgs(hub_cfgs({  # no weights are published for this baseline
