@@ -91,7 +91,7 @@ def test_write_index_reads_the_studies_beside_the_file(tmp_path, capsys, usage_e
     lines = between(readme.read_text(), report.INDEX_MARKERS).splitlines()
     assert lines[0].startswith('**The longest schedule**, [docs/results-converged-cpu.md]')
     assert lines[4].startswith('- [docs/results-long-cpu.md](docs/results-long-cpu.md) (`long-cpu`: 4 rows, 10 epochs of '
-                               'Fashion-MNIST, seeds 0, 1, bf16, 1 row pending; ')
+                               'Fashion-MNIST, seeds 0, 1, bf16, 1 run pending; ')
 
     readme.write_text('no markers')
     assert re.match('--write-index=.*no <!-- results-index:start -->', usage_error(['report', '--write-index', readme]))

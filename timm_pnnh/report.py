@@ -318,8 +318,9 @@ def schedule(study: Dict) -> str:
     length = (f"{study['epochs']} epochs of {study['data'].split(':')[0]}" if study.get('epochs') else
               f"{recipe['steps']} steps of {recipe['batch_size']}")
     n = len(study.get('pending') or [])
-    pending = f", {n} row{'s' * (n != 1)} pending" if n else ''
-    return (f"`{study['preset']}`: {len(study['summary'])} rows, {length}, seeds {', '.join(map(str, study['seeds']))}, "
+    pending = f", {n} run{'s' * (n != 1)} pending" if n else ''
+    rows = len(study['summary'])
+    return (f"`{study['preset']}`: {rows} row{'s' * (rows != 1)}, {length}, seeds {', '.join(map(str, study['seeds']))}, "
             f"{recipe.get('amp') or 'fp32'}{pending}; {hw.get('gpu') or hw.get('cpu') or 'CPU'}, {study['date'][:10]}")
 
 
