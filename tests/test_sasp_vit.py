@@ -77,7 +77,6 @@ def test_trained_attention_is_shaped():
     assert torch.allclose(attn(x), expected, atol=1e-5)
 
 
-
 def test_masks_shape_c_like_the_softmax():
     """With ``is_causal`` or an ``attn_mask``, C is uniform over the keys each query may see: a fresh attention
     is still the identity, and a trained one is alpha I + beta masked-softmax - gamma masked-uniform."""
@@ -99,6 +98,7 @@ def test_masks_shape_c_like_the_softmax():
     assert torch.allclose(attn(x, is_causal=True), expected, atol=1e-5)
     assert torch.allclose(attn(x, attn_mask=allowed), expected, atol=1e-5)
     assert not torch.allclose(attn(x), expected, atol=1e-3)
+
 
 def test_fewer_parameters_than_the_vit():
     sasp = sum(p.numel() for p in _net().parameters())

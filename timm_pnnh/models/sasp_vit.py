@@ -14,8 +14,8 @@ parallel sub-blocks and no residual add::
 
 ``C`` is the uniform matrix ``1/T`` (uniform over the allowed keys when timm passes ``attn_mask`` or
 ``is_causal``), the per-head ``alpha, beta, gamma`` are trainable, initialised to 1, and the queries'
-weights (and bias) start at zero, so that softmax is uniform, ``beta softmax - gamma C = 0`` and ``SA(u) = u``: a fresh
-block computes ``N x + g_m MLP(N x)``. The value and output projections are fixed to the identity
+weights (and bias) start at zero, so that softmax is uniform, ``beta softmax - gamma C = 0`` and
+``SA(u) = u``: a fresh block computes ``N x + g_m MLP(N x)``. The value and output projections are fixed to the identity
 (no parameters), so the attention sub-block holds only the query and key weights: about 15% fewer
 parameters than timm's ``Block`` at ``mlp_ratio=4``. ``g_a`` (init 1) and ``g_m`` (init 0.1, the
 authors' default) are trainable scalars.
