@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.utils.model import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.models import pnnh_resnet, pnnh_vit
+from timm_pnnh.models import cifar_resnet, pnnh_resnet, pnnh_vit
 from conftest import randomise
 
 
@@ -110,4 +110,4 @@ def test_each_entrypoint_names_its_architecture():
         assert f"'{name}'" in source, name
     assert "block=PnnhBasicBlock, layers=(3, 4, 6, 3)" in inspect.getsource(pnnh_resnet.pnnh_resnet34)
     assert "block=PnnhBottleneck, layers=(3, 4, 6, 3)" in inspect.getsource(pnnh_resnet.pnnh_resnet50)
-    assert "block=ResidualBasicBlock, layers=(9, 9, 9)" in inspect.getsource(pnnh_resnet.cifar_resnet56)
+    assert "block=ResidualBasicBlock, layers=(9, 9, 9)" in inspect.getsource(cifar_resnet.cifar_resnet56)

@@ -20,14 +20,12 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 ``reparameterize()``; ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
-import math
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import LayerScale, Mlp, get_act_layer
@@ -37,7 +35,8 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
-    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable)
+from timm_pnnh.models.coders import LinearCoder
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
            'check_pnnh_vit_args', 'pnnh_vit_coders', 'residual_to_pnnh_vit']
@@ -79,82 +78,6 @@ def check_pnnh_vit_args(**knobs: Any) -> None:
     for name, check in _KNOB_CHECKS.items():
         if name in knobs:
             check(knobs[name])
-
-
-class LinearCoder(nn.Module):
-    """The weight-sharing linear coder of a PNNH Transformer block: ``E^T act(E x)``.
-
-    One Parameter ``weight`` = ``E`` of shape (C_c, C). The encoder is ``F.linear(x, E)``, the decoder
-    ``F.linear(h, E.t())`` -- the *same* storage, transposed, so the decoder costs no parameters.
-
-    Inits (``init``):
-
-    * ``'dirac'``: the signed identity ``E = [I ; -I]`` (rows ``e_i`` then ``-e_i``), cut to C_c rows.
-      Tokens are signed, and for any ``act`` with ``act(u) - act(-u) = u`` (ReLU, GELU, SiLU)
-      ``E^T act(E x) = act(x) - act(-x) = x`` exactly when C_c = 2C. With C_c = C it is ``act(x)``:
-      ReLU drops the negative half of every token, GELU bends it.
-    * ``'orthogonal'``: orthonormal columns (C_c >= C) or rows (C_c < C) from ``nn.init.orthogonal_``,
-      scaled by ``sqrt(2)`` or ``sqrt(2 C / C_c)``;
-    * ``'kaiming'``: i.i.d. normal entries of variance ``2 / C_c``.
-
-    Both random inits are scaled so that ``E^T act(E x)`` is ``x`` in expectation over E for ReLU and
-    GELU (``E[e act(e.x)] = var * x * E[act'] = var * x / 2`` per row, Stein's lemma).
-
-    In training (``recompute`` True) the code is recomputed in backward instead of saved
-    (``torch.utils.checkpoint``): the coder keeps only its input, which the block's LayerNorm or MLP
-    keeps anyway, so a PNNH block saves what timm's residual ``Block`` saves, for one more
-    ``E x`` and ``act`` in backward. Not under ``torch.compile`` (the compiler chooses what to recompute),
-    TorchScript or an fx trace.
-    """
-    recompute = True
-
-    def __init__(self, dim: int, coder_dim: int, init: str = 'dirac', act_layer: Type[nn.Module] = nn.GELU,
-                 device=None, dtype=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(coder_dim, dim, device=device, dtype=dtype))
-        self.act = act_layer()
-        self.init = init
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        coder_dim, dim = self.weight.shape
-        with torch.no_grad():
-            if self.init == 'dirac':
-                signed_dirac_(self.weight)
-            elif self.init == 'orthogonal':
-                nn.init.orthogonal_(self.weight)
-                self.weight.mul_(math.sqrt(2.0 * dim / coder_dim) if coder_dim < dim else math.sqrt(2.0))
-            else:
-                nn.init.normal_(self.weight, std=math.sqrt(2.0 / coder_dim))
-
-    def init_weights(self) -> None:
-        """Called by timm's ViT weight init (which would otherwise leave a non-Linear module alone)."""
-        self.reset_parameters()
-
-    @property
-    def decoder_weight(self) -> torch.Tensor:
-        """The decoder's weight: ``E`` transposed, a view of the encoder's storage."""
-        return self.weight.t()
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
-
-    def decode(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.weight.t())
-
-    def code(self, x: torch.Tensor) -> torch.Tensor:
-        """``E^T act(E x)``."""
-        return self.decode(self.act(self.encode(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # TorchScript drops this branch
-            if self.recompute and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling() \
-                    and not is_fx_symbolic_tracing():
-                return checkpoint(self.code, x, use_reentrant=False)
-        return self.code(x)
-
-    def extra_repr(self) -> str:
-        return f'{self.weight.shape[1]} -> {self.weight.shape[0]} -> {self.weight.shape[1]}, init={self.init}'
 
 
 class SplitAct(nn.Module):
