@@ -1,5 +1,6 @@
 """One deployed form: what timm's own ``reparameterize_model`` produces is what ``inference_mode=True``
 builds, so folded weights saved after timm's function reload exactly; and one table of knob defaults."""
+import dataclasses
 import inspect
 
 import pytest
@@ -85,18 +86,15 @@ def test_inference_mode_builds_what_timms_function_makes():
 
 def test_knob_defaults_have_one_source():
     """The blocks' signature defaults are the knob tables' values; create_model uses the same."""
-    for block, table in ((pnnh_resnet.PnnhBasicBlock, pnnh_resnet.PNNH_KNOBS),
-                         (pnnh_resnet.PnnhBottleneck, pnnh_resnet.PNNH_BOTTLENECK_KNOBS),
-                         (pnnh_vit.PnnhBlock, pnnh_vit.PNNH_VIT_KNOBS)):
-        params = inspect.signature(block).parameters
-        knobs = {k: v for k, v in table.items() if k in params}
-        assert set(table) - set(knobs) <= {'coder_sharing'}  # a model-level knob (BlockSelector)
-        assert {k: params[k].default for k in knobs} == knobs
-        assert block.knobs is table if hasattr(block, 'knobs') else True
+    params = inspect.signature(pnnh_vit.PnnhBlock).parameters
+    assert {k: params[k].default for k in pnnh_vit.PNNH_VIT_KNOBS} == pnnh_vit.PNNH_VIT_KNOBS
+    # the ResNet blocks read their defaults from one PnnhKnobs each (the table's fields)
+    assert dataclasses.asdict(pnnh_resnet.PnnhBasicBlock.knobs) == pnnh_resnet.PNNH_KNOBS
+    assert dataclasses.asdict(pnnh_resnet.PnnhBottleneck.knobs) == pnnh_resnet.PNNH_BOTTLENECK_KNOBS
     assert pnnh_resnet.PNNH_BOTTLENECK_KNOBS == dict(pnnh_resnet.PNNH_KNOBS, coder_ratio=0.25)
     assert timm.create_model('pnnh_resnet50').layer1[1].coder.weight.shape[0] == 256 * 0.25
     assert pnnh_resnet.PnnhBottleneck(256, 64).coder.weight.shape[0] == 256 * 0.25
-    assert set(pnnh_resnet._KNOB_CHECKS) == set(pnnh_resnet.PNNH_KNOBS)
+    assert all('check' in f.metadata for f in dataclasses.fields(pnnh_resnet.PnnhKnobs))
     assert set(pnnh_vit._KNOB_CHECKS) == set(pnnh_vit.PNNH_VIT_KNOBS)
     with pytest.raises(TypeError, match='unknown knob coder_size'):
         pnnh_resnet.check_pnnh_args(coder_size=1)

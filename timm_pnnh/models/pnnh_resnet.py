@@ -25,6 +25,7 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 (the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 import inspect
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Type
@@ -47,15 +48,6 @@ from timm_pnnh.reparam import bn_scale_shift, dense_weight, fold_conv_bn, pad_ke
 __all__ = ['PnnhBasicBlock', 'PnnhBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
            'IMAGENET_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
-# The defaults of the knobs the paper leaves open (docs/block.md "Knobs"), each written
-# here once: the blocks' signatures and the entrypoints read these tables.
-PNNH_KNOBS: Dict[str, Any] = dict(
-    coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1,
-    coder_sharing='block', deploy_form='side_by_side')
-# A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
-# about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
-# yet measured: ImageNet-scale ablations cannot run here.
-PNNH_BOTTLENECK_KNOBS: Dict[str, Any] = dict(PNNH_KNOBS, coder_ratio=0.25)
 CODER_KERNELS = (1, 3)
 CODER_SHARING = ('block', 'stage')
 _IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
@@ -63,27 +55,50 @@ _IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
 # the registered depths (each entrypoint below writes its architecture)
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 
-# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
-_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
-    coder_lr_scale=lambda v: check_ratio('coder_lr_scale', v, 0.0, 1.0),
-    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
-    learner_ratio=lambda v: check_ratio('learner_ratio', v, 0.0, 4.0),
-    coder_kernel=lambda v: check_choice('coder_kernel', v, CODER_KERNELS),
-    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
-    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
-    coder_sharing=lambda v: check_choice('coder_sharing', v, CODER_SHARING),
-    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
-)
+
+def _knob(default: Any, check: Callable[[str, Any], Any], doc: str):
+    return field(default=default, metadata=dict(check=check, doc=doc))
+
+
+@dataclass(frozen=True)
+class PnnhKnobs:
+    """The knobs the paper leaves open (docs/block.md "Knobs"): each field is one knob, with its default,
+    its check and what it does. An instance is valid: the checks run once, when it is made (in field
+    order, so a call with several bad knobs names the first). ``create_model`` makes one per model and
+    every block of the model reads it; a block built on its own makes its own from its keyword
+    arguments. Adding a knob is one field here plus its use in the blocks."""
+    coder_lr_scale: float = _knob(0.1, lambda n, v: check_ratio(n, v, 0.0, 1.0),
+                                  "scale of the coder's SGD learning rate (``_Coder``'s gain)")
+    coder_ratio: float = _knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
+    learner_ratio: float = _knob(1.0, lambda n, v: check_ratio(n, v, 0.0, 4.0), 'learner width / its timm width')
+    coder_kernel: int = _knob(1, lambda n, v: check_choice(n, v, CODER_KERNELS), "the coder's kernel size")
+    coder_init: str = _knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
+    coder_norm: bool = _knob(False, lambda n, v: check_choice(n, v, (False, True)),
+                             'a BatchNorm over the coder channels')
+    coder_sharing: str = _knob('block', lambda n, v: check_choice(n, v, CODER_SHARING),
+                               "'stage': the PNNH blocks of a stage share one coder (``BlockSelector``)")
+    deploy_form: str = _knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
+                             "what ``reparameterize()`` folds a block into")
+
+    def __post_init__(self):
+        for f in fields(self):
+            f.metadata['check'](f.name, getattr(self, f.name))
+
+
+# the knob defaults, by name (the paper's 'dirac' coder as wide as the block, beside a full learner)
+PNNH_KNOBS: Dict[str, Any] = asdict(PnnhKnobs())
+# A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
+# about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
+# yet measured at ImageNet scale.
+PNNH_BOTTLENECK_KNOBS: Dict[str, Any] = dict(PNNH_KNOBS, coder_ratio=0.25)
 
 
 def check_pnnh_args(**knobs: Any) -> None:
     """Validate the PNNH knobs given (names from ``PNNH_KNOBS``); raise ValueError naming the bad one."""
-    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    unknown = sorted(set(knobs) - set(PNNH_KNOBS))
     if unknown:
         raise TypeError(f'check_pnnh_args: unknown knob {", ".join(unknown)}; the knobs are {", ".join(PNNH_KNOBS)}')
-    for name, check in _KNOB_CHECKS.items():
-        if name in knobs:
-            check(knobs[name])
+    PnnhKnobs(**knobs)
 
 
 def _check_dilation(kernel_sizes, dilations, block: str) -> int:
@@ -107,35 +122,34 @@ class _PnnhBlock(nn.Module):
     """What ``PnnhBasicBlock`` and ``PnnhBottleneck`` share: the argument checks, the coder set-up, the
     learner's zero-initialised last BN, the coder's TorchScript form and the end of the fold.
 
-    A subclass sets ``expansion``, ``knobs`` (the table its signature reads its knob defaults from),
+    A subclass sets ``expansion``, ``knobs`` (its default ``PnnhKnobs``),
     ``last_bn`` and ``last_act`` (the names of the learner's last BatchNorm and of the block's last act),
     builds its learner after this ``__init__`` and sets ``coder_act2`` (the coder's second act, None
     without one), and implements ``_plain_layers`` (the one-conv-per-layer fold, in order) and
     ``_learner_layers`` (the learner folded, up to its last conv).
     """
     expansion = 1
-    knobs = PNNH_KNOBS
+    knobs = PnnhKnobs()
     last_bn = 'bn2'
     last_act = 'act2'
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module],
                  reduce_first: int, first_dilation: int, norm_layer: Type[nn.Module], attn_layer, aa_layer,
-                 drop_path: Optional[nn.Module], shared_coder: Optional[nn.Module], knobs: Dict[str, Any],
+                 drop_path: Optional[nn.Module], shared_coder: Optional[nn.Module], knobs: PnnhKnobs,
                  device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
-        check_pnnh_args(**knobs)
         channels = planes * self.expansion
         if stride != 1 or downsample is not None or inplanes != channels:
             raise ValueError(
                 f'{name} is for stride-1, same-width blocks: got stride={stride}, inplanes={inplanes}, '
                 f'planes={planes} ({channels} channels out), downsample={"set" if downsample is not None else None}')
         _check_unsupported(name, attn_layer, aa_layer, reduce_first)
-        self.coder = _Coder(channels, coder_width(channels, knobs['coder_ratio'], 'coder_ratio'), knobs['coder_kernel'],
-                            first_dilation, knobs['coder_init'], norm_layer if knobs['coder_norm'] else None,
-                            knobs['coder_lr_scale'], shared_coder, device=device, dtype=dtype)
+        self.coder = _Coder(channels, coder_width(channels, knobs.coder_ratio, 'coder_ratio'), knobs.coder_kernel,
+                            first_dilation, knobs.coder_init, norm_layer if knobs.coder_norm else None,
+                            knobs.coder_lr_scale, shared_coder, device=device, dtype=dtype)
         self.drop_path = drop_path
-        self.deploy_form = knobs['deploy_form']
+        self.deploy_form = knobs.deploy_form
         self.inference_mode = False
         self.plain: Optional[nn.Module] = None  # the deployment form, set by reparameterize()
 
@@ -223,7 +237,7 @@ class PnnhBasicBlock(_PnnhBlock):
     learning rate (see ``_Coder``): a coder trained at the full rate destabilised deep nets here.
     """
     expansion = 1
-    knobs = PNNH_KNOBS
+    knobs = PnnhKnobs()
     last_bn = 'bn2'
     last_act = 'act2'
 
@@ -244,22 +258,17 @@ class PnnhBasicBlock(_PnnhBlock):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = PNNH_KNOBS['coder_ratio'],
-            learner_ratio: float = PNNH_KNOBS['learner_ratio'],
-            coder_kernel: int = PNNH_KNOBS['coder_kernel'],
-            coder_init: str = PNNH_KNOBS['coder_init'],
-            coder_norm: bool = PNNH_KNOBS['coder_norm'],
-            coder_lr_scale: float = PNNH_KNOBS['coder_lr_scale'],
-            deploy_form: str = PNNH_KNOBS['deploy_form'],
+            knobs: Optional[PnnhKnobs] = None,
             shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
+            **knob_args,
     ):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
-        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
-                     deploy_form=deploy_form)
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or self.knobs, **knob_args)
+        learner_ratio = knobs.learner_ratio
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, shared_coder, knobs, **dd)
         if cardinality != 1 or base_width != 64:
@@ -340,7 +349,7 @@ class PnnhBottleneck(_PnnhBlock):
         k*k*C_c*C  +  C*W  +  9*W*W/g  +  W*C  +  2*W  +  2*W  +  2*C  (+ 2*C_c if coder_norm)
     """
     expansion = 4
-    knobs = PNNH_BOTTLENECK_KNOBS
+    knobs = PnnhKnobs(**PNNH_BOTTLENECK_KNOBS)
     last_bn = 'bn3'
     last_act = 'act3'
 
@@ -361,22 +370,17 @@ class PnnhBottleneck(_PnnhBlock):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = PNNH_BOTTLENECK_KNOBS['coder_ratio'],
-            learner_ratio: float = PNNH_BOTTLENECK_KNOBS['learner_ratio'],
-            coder_kernel: int = PNNH_BOTTLENECK_KNOBS['coder_kernel'],
-            coder_init: str = PNNH_BOTTLENECK_KNOBS['coder_init'],
-            coder_norm: bool = PNNH_BOTTLENECK_KNOBS['coder_norm'],
-            coder_lr_scale: float = PNNH_BOTTLENECK_KNOBS['coder_lr_scale'],
-            deploy_form: str = PNNH_BOTTLENECK_KNOBS['deploy_form'],
+            knobs: Optional[PnnhKnobs] = None,
             shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
+            **knob_args,
     ):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
-        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
-                     deploy_form=deploy_form)
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or self.knobs, **knob_args)
+        learner_ratio = knobs.learner_ratio
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, shared_coder, knobs, **dd)
         channels = planes * self.expansion
@@ -456,20 +460,19 @@ class BlockSelector:
     (one stage) use the first one's coder Parameter (``_Coder`` ``owner``); a selector builds one model.
     """
 
-    def __init__(self, pnnh_block, transition_block, coder_sharing: str = 'block', **pnnh_kwargs):
+    def __init__(self, pnnh_block, transition_block, knobs: PnnhKnobs):
         if pnnh_block.expansion != transition_block.expansion:
             raise ValueError('pnnh_block and transition_block must have the same expansion')
-        check_choice('coder_sharing', coder_sharing, CODER_SHARING)
         self.expansion = pnnh_block.expansion
         self.pnnh_block = pnnh_block
         self.transition_block = transition_block
-        self.share = coder_sharing == 'stage'
-        self.pnnh_kwargs = pnnh_kwargs
+        self.share = knobs.coder_sharing == 'stage'
+        self.knobs = knobs
         self.stage_coder: Optional[nn.Module] = None
 
     def __call__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
         if stride == 1 and downsample is None and inplanes == planes * self.expansion:
-            block = self.pnnh_block(inplanes, planes, **kwargs, **self.pnnh_kwargs,
+            block = self.pnnh_block(inplanes, planes, **kwargs, knobs=self.knobs,
                                     shared_coder=self.stage_coder if self.share else None)
             if self.share and self.stage_coder is None:
                 self.stage_coder = block.coder
@@ -526,7 +529,7 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
     allowed |= {'inference_mode'}
     fixed = dict(block=f'the name sets its block ({block.__name__})', layers=f'the name sets its depth ({layers})',
                  **getattr(model_cls, 'fixed_args', {}))
-    check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed, fixed)
+    check_model_kwargs(variant, kwargs, allowed | set(PNNH_KNOBS) | {'plain_transitions'} if pnnh else allowed, fixed)
     # timm arguments the name's block takes one value of (timm's BasicBlock asserts on the first two)
     only = dict(cardinality=1, base_width=64) if block.expansion == 1 else {}
     if pnnh:
@@ -536,11 +539,10 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
             raise ValueError(f'{variant}: {name}={kwargs[name]!r} is not allowed: {block.__name__} takes only {name}={value}')
     if pnnh:
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
-        knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}
-        check_pnnh_args(**knobs)
+        knobs = replace(block.knobs, **{name: kwargs.pop(name) for name in PNNH_KNOBS if name in kwargs})  # checked here
         plain_transitions = kwargs.pop('plain_transitions', False)
         check_choice('plain_transitions', plain_transitions, (False, True))
-        block = BlockSelector(block, TRANSITIONS[block.expansion][plain_transitions], **knobs)
+        block = BlockSelector(block, TRANSITIONS[block.expansion][plain_transitions], knobs)
     model_cls = deployable(model_cls, kwargs.pop('inference_mode', False))
     feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
     return build_model_with_hub(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
