@@ -225,8 +225,7 @@ class PnnhBasicBlock(_PnnhBlock):
     it folds into exactly that at deployment (``reparameterize``). In training the two branches are
     summed instead: the learner's BatchNorms need the learner's own batch statistics, which a
     concatenated second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a
-    3x3 conv; concatenating only the first convolution also trained slower than the summed branches
-    when it was tried.
+    3x3 conv (docs/block.md, "Choices and what they rest on").
 
     Parameters (C_c = coder_ratio * C, C_l = learner_ratio * C, k = coder_kernel)::
 
@@ -234,7 +233,7 @@ class PnnhBasicBlock(_PnnhBlock):
 
     ``drop_path`` drops the learner only (the coder is the path that stays, as the identity does in
     a residual block). ``attn_layer``, ``aa_layer`` and ``reduce_first != 1`` are not supported (ValueError). ``coder_lr_scale`` scales the coder's SGD
-    learning rate (see ``_Coder``): a coder trained at the full rate destabilised deep nets here.
+    learning rate (see ``_Coder``; why 0.1: docs/block.md, "Choices and what they rest on").
     """
     expansion = 1
     knobs = PnnhKnobs()

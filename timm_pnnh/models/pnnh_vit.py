@@ -45,9 +45,8 @@ CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
 
 # defaults of the knobs the paper leaves open (docs/block.md): a C-wide Dirac coder through the MLP's
-# GELU, read from the raw tokens, in a parallel block with zero-initialised learner outputs. A small
-# ablation with an earlier training loop found the exact-identity signed Dirac coder (coder_ratio=2)
-# no better, so the cheaper coder is the default; that ablation is no longer part of the package.
+# GELU, read from the raw tokens, in a parallel block with zero-initialised learner outputs; the
+# C-wide coder over the exact-identity signed Dirac one (coder_ratio=2) is a cost choice (docs/block.md).
 PNNH_VIT_KNOBS: Dict[str, Any] = dict(
     coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False, arrangement='parallel',
     zero_init_last=True, deploy_form='side_by_side')
@@ -145,8 +144,8 @@ class PnnhBlock(Block):
     for the signed-Dirac E with C_c = 2C is exactly the identity map -- through a learnable
     weight and a non-linearity, not a skip. The default is the C-wide Dirac coder, ``E = I``, whose
     output at initialisation is ``GELU(x)``: it keeps the positive half of each token and damps the
-    negative half, and it trained as well as the exact signed-Dirac identity (within seed noise) at
-    fewer parameters in our ablation. With ``coder_norm=True`` and ``coder_act='mlp'`` the
+    negative half, at half the coder parameters of the exact signed-Dirac identity (why it is the
+    default: docs/block.md, "Choices and what they rest on"). With ``coder_norm=True`` and ``coder_act='mlp'`` the
     parallel coder reads the MLP's input, and the block folds into a plain parallel block whose MLP
     is ``[E ; W1]`` -> act -> ``[E^T | W2]`` (C_c + H hidden units): the paper's weight-sharing coder
     and learner as one plain layer pair with part of its weights shared (``reparameterize()`` builds it;
