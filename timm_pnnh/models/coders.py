@@ -46,7 +46,8 @@ class _Coder(nn.Module):
     encoder and decoder share. ``owner``: the coder whose Parameter this one uses instead of a new one
     (``coder_sharing='stage'``: the blocks of a stage use the first block's). Only the owner registers it,
     so it is one entry of the state dict, counted and saved once, safetensors included. Invariant: a
-    shared coder's ``weight`` is its owner's Parameter object. Whatever replaces the owner's Parameter
+    shared coder's ``weight`` is its owner's Parameter object, and its forward reads the owner's (so torch.export
+    and torch.fx see the one registered tensor; TorchScript, which cannot see the owner, reads the alias). Whatever replaces the owner's Parameter
     re-links the sharers: ``load_state_dict(assign=True)`` (a post-load hook), ``to_empty`` / ``to`` /
     ``half`` (``_apply``, which visits the owner first: it is an earlier block); ``deepcopy`` copies
     the one object once.
@@ -100,9 +101,21 @@ class _Coder(nn.Module):
             self.weight.data.mul_(0.5 ** 0.5)
         self.weight.data.div_(self.gain)
 
+    @torch.jit.unused
+    def _registered_weight(self) -> torch.Tensor:
+        """The Parameter, read at forward time where it is registered (the owner's, when sharing), so that
+        torch.export sees the one registered tensor, not an alias."""
+        return self.weight if self.owner is None else self.owner.weight
+
+    def _weight(self) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript cannot see the owner (not a submodule): the alias
+            return self.weight
+        return self._registered_weight()
+
     def kernel(self) -> torch.Tensor:
         """The coder weight ``E``."""
-        return self.weight if self.gain == 1.0 else self.weight * self.gain
+        weight = self._weight()
+        return weight if self.gain == 1.0 else weight * self.gain
 
     def encode(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         kernel = self.kernel() if kernel is None else kernel
@@ -116,7 +129,7 @@ class _Coder(nn.Module):
         """``adj(E) act2(act(N_c(E x)))`` (``act2`` none if not given)."""
         acts = (act,) if act2 is None else (act, act2)
         if self.recompute and coder_ops.recompute_applies(self.norm, *acts):
-            return coder_ops.relu_coder(x, self.weight, self.gain, self.padding, self.dilation)
+            return coder_ops.relu_coder(x, self._weight(), self.gain, self.padding, self.dilation)
         kernel = self.kernel()
         code = self.encode(x, kernel)
         for a in acts:
