@@ -86,16 +86,15 @@ def test_inference_mode_builds_what_timms_function_makes():
 
 def test_knob_defaults_have_one_source():
     """The blocks' signature defaults are the knob tables' values; create_model uses the same."""
-    params = inspect.signature(pnnh_vit.PnnhBlock).parameters
-    assert {k: params[k].default for k in pnnh_vit.PNNH_VIT_KNOBS} == pnnh_vit.PNNH_VIT_KNOBS
-    # the ResNet blocks read their defaults from one PnnhKnobs each (the table's fields)
+    # the blocks read their defaults from one knob table each (a Knobs dataclass: the table's fields)
+    assert dataclasses.asdict(pnnh_vit.PnnhVitKnobs()) == pnnh_vit.PNNH_VIT_KNOBS
     assert dataclasses.asdict(pnnh_resnet.PnnhBasicBlock.knobs) == pnnh_resnet.PNNH_KNOBS
     assert dataclasses.asdict(pnnh_resnet.PnnhBottleneck.knobs) == pnnh_resnet.PNNH_BOTTLENECK_KNOBS
     assert pnnh_resnet.PNNH_BOTTLENECK_KNOBS == dict(pnnh_resnet.PNNH_KNOBS, coder_ratio=0.25)
     assert timm.create_model('pnnh_resnet50').layer1[1].coder.weight.shape[0] == 256 * 0.25
     assert pnnh_resnet.PnnhBottleneck(256, 64).coder.weight.shape[0] == 256 * 0.25
     assert all('check' in f.metadata for f in dataclasses.fields(pnnh_resnet.PnnhKnobs))
-    assert set(pnnh_vit._KNOB_CHECKS) == set(pnnh_vit.PNNH_VIT_KNOBS)
+    assert all('check' in f.metadata for f in dataclasses.fields(pnnh_vit.PnnhVitKnobs))
     with pytest.raises(TypeError, match='unknown knob coder_size'):
         pnnh_resnet.check_pnnh_args(coder_size=1)
 

@@ -25,10 +25,10 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 (the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 import inspect
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
-    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, Knobs, check_choice, check_model_kwargs, check_ratio, coder_width,
+    deployable, knob)
 from timm_pnnh.models.coders import CoderBesideLearner, _Coder, _conv_with_bias
 from timm_pnnh.models.resnet_blocks import TRANSITIONS, PlainBasicBlock, PlainBottleneck
 from timm_pnnh.reparam import bn_scale_shift, dense_weight, fold_conv_bn, pad_kernel
@@ -56,33 +57,25 @@ _IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 
 
-def _knob(default: Any, check: Callable[[str, Any], Any], doc: str):
-    return field(default=default, metadata=dict(check=check, doc=doc))
-
-
 @dataclass(frozen=True)
-class PnnhKnobs:
+class PnnhKnobs(Knobs):
     """The knobs the paper leaves open (docs/block.md "Knobs"): each field is one knob, with its default,
     its check and what it does. An instance is valid: the checks run once, when it is made (in field
     order, so a call with several bad knobs names the first). ``create_model`` makes one per model and
     every block of the model reads it; a block built on its own makes its own from its keyword
     arguments. Adding a knob is one field here plus its use in the blocks."""
-    coder_lr_scale: float = _knob(0.1, lambda n, v: check_ratio(n, v, 0.0, 1.0),
-                                  "scale of the coder's SGD learning rate (``_Coder``'s gain)")
-    coder_ratio: float = _knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
-    learner_ratio: float = _knob(1.0, lambda n, v: check_ratio(n, v, 0.0, 4.0), 'learner width / its timm width')
-    coder_kernel: int = _knob(1, lambda n, v: check_choice(n, v, CODER_KERNELS), "the coder's kernel size")
-    coder_init: str = _knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
-    coder_norm: bool = _knob(False, lambda n, v: check_choice(n, v, (False, True)),
-                             'a BatchNorm over the coder channels')
-    coder_sharing: str = _knob('block', lambda n, v: check_choice(n, v, CODER_SHARING),
-                               "'stage': the PNNH blocks of a stage share one coder (``BlockSelector``)")
-    deploy_form: str = _knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
-                             "what ``reparameterize()`` folds a block into")
-
-    def __post_init__(self):
-        for f in fields(self):
-            f.metadata['check'](f.name, getattr(self, f.name))
+    coder_lr_scale: float = knob(0.1, lambda n, v: check_ratio(n, v, 0.0, 1.0),
+                                 "scale of the coder's SGD learning rate (``_Coder``'s gain)")
+    coder_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
+    learner_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, 4.0), 'learner width / its timm width')
+    coder_kernel: int = knob(1, lambda n, v: check_choice(n, v, CODER_KERNELS), "the coder's kernel size")
+    coder_init: str = knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
+    coder_norm: bool = knob(False, lambda n, v: check_choice(n, v, (False, True)),
+                            'a BatchNorm over the coder channels')
+    coder_sharing: str = knob('block', lambda n, v: check_choice(n, v, CODER_SHARING),
+                              "'stage': the PNNH blocks of a stage share one coder (``BlockSelector``)")
+    deploy_form: str = knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
+                            "what ``reparameterize()`` folds a block into")
 
 
 # the knob defaults, by name (the paper's 'dirac' coder as wide as the block, beside a full learner)

@@ -20,8 +20,9 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 ``reparameterize()``; ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
+from dataclasses import asdict, dataclass, replace
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,8 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
-    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, Knobs, check_choice, check_model_kwargs, check_ratio, coder_width, deployable,
+    knob)
 from timm_pnnh.models.coders import LinearCoder
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
@@ -44,39 +46,44 @@ __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS
 CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
 
-# defaults of the knobs the paper leaves open (docs/block.md): a C-wide Dirac coder through the MLP's
-# GELU, read from the raw tokens, in a parallel block with zero-initialised learner outputs; the
-# C-wide coder over the exact-identity signed Dirac one (coder_ratio=2) is a cost choice (docs/block.md).
-PNNH_VIT_KNOBS: Dict[str, Any] = dict(
-    coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False, arrangement='parallel',
-    zero_init_last=True, deploy_form='side_by_side')
+
+
+@dataclass(frozen=True)
+class PnnhVitKnobs(Knobs):
+    """The knobs the paper leaves open (docs/block.md "Knobs"), one field each (default, check, meaning),
+    checked once when made. Defaults: a C-wide Dirac coder through the MLP's GELU, read from the raw tokens,
+    in a parallel block with zero-initialised learner outputs; the C-wide coder over the exact-identity
+    signed Dirac one (coder_ratio=2) is a cost choice (docs/block.md). ``create_model`` makes one per model
+    and every block reads it. Adding a knob is one field here plus its use in ``PnnhBlock``."""
+    coder_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
+    coder_init: str = knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
+    coder_act: str = knob('mlp', lambda n, v: check_choice(n, v, CODER_ACTS), "the coder's act ('mlp': the MLP's)")
+    arrangement: str = knob('parallel', lambda n, v: check_choice(n, v, ARRANGEMENTS),
+                            "'parallel': one coder beside attention and MLP; 'sequential': one beside each")
+    coder_norm: bool = knob(False, lambda n, v: check_choice(n, v, (False, True)), 'the coder reads the normed tokens')
+    zero_init_last: bool = knob(True, lambda n, v: check_choice(n, v, (False, True)),
+                                "zero the learner's last projections (the block starts as its coder)")
+    deploy_form: str = knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
+                            "what ``reparameterize()`` folds a block into")
+
+
+# the knob defaults, by name
+PNNH_VIT_KNOBS: Dict[str, Any] = asdict(PnnhVitKnobs())
 
 # the registered sizes (as timm's vit_tiny/small/base; each entrypoint below writes its architecture)
 SIZES = ('tiny', 'small', 'base')
 SMALL_IMAGE_SIZES = ('tiny', 'small')
 
-# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
-_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
-    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
-    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
-    coder_act=lambda v: check_choice('coder_act', v, CODER_ACTS),
-    arrangement=lambda v: check_choice('arrangement', v, ARRANGEMENTS),
-    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
-    zero_init_last=lambda v: check_choice('zero_init_last', v, (False, True)),
-    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
-)
 
 
 def check_pnnh_vit_args(**knobs: Any) -> None:
     """Validate the PNNH ViT knobs given (names from ``PNNH_VIT_KNOBS``); raise ValueError naming the bad
     one, its value and what is allowed."""
-    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    unknown = sorted(set(knobs) - set(PNNH_VIT_KNOBS))
     if unknown:
         raise TypeError(f'check_pnnh_vit_args: unknown knob {", ".join(unknown)}; '
                         f'the knobs are {", ".join(PNNH_VIT_KNOBS)}')
-    for name, check in _KNOB_CHECKS.items():
-        if name in knobs:
-            check(knobs[name])
+    PnnhVitKnobs(**knobs)
 
 
 class SplitAct(nn.Module):
@@ -164,30 +171,26 @@ class PnnhBlock(Block):
             self,
             dim: int,
             num_heads: int,
-            coder_ratio: float = PNNH_VIT_KNOBS['coder_ratio'],
-            coder_init: str = PNNH_VIT_KNOBS['coder_init'],
-            coder_act: str = PNNH_VIT_KNOBS['coder_act'],
-            coder_norm: bool = PNNH_VIT_KNOBS['coder_norm'],
-            arrangement: str = PNNH_VIT_KNOBS['arrangement'],
-            zero_init_last: bool = PNNH_VIT_KNOBS['zero_init_last'],
-            deploy_form: str = PNNH_VIT_KNOBS['deploy_form'],
+            knobs: Optional[PnnhVitKnobs] = None,
             act_layer: Type[nn.Module] = nn.GELU,
             device=None,
             dtype=None,
             **kwargs,
     ) -> None:
-        check_pnnh_vit_args(coder_ratio=coder_ratio, coder_init=coder_init, coder_act=coder_act, coder_norm=coder_norm,
-                            arrangement=arrangement, zero_init_last=zero_init_last, deploy_form=deploy_form)
+        knob_args = {name: kwargs.pop(name) for name in PNNH_VIT_KNOBS if name in kwargs}
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or PnnhVitKnobs(), **knob_args)
         super().__init__(dim, num_heads, act_layer=act_layer, device=device, dtype=dtype, **kwargs)
-        coder_act_layer = act_layer if coder_act == 'mlp' else get_act_layer(coder_act)
-        coder_dim = coder_width(dim, coder_ratio, 'coder_ratio')
+        coder_act_layer = act_layer if knobs.coder_act == 'mlp' else get_act_layer(knobs.coder_act)
+        coder_dim = coder_width(dim, knobs.coder_ratio, 'coder_ratio')
+        coder_init = knobs.coder_init
         dd = {'device': device, 'dtype': dtype}
-        self.coder_norm = coder_norm
-        self.sequential = arrangement == 'sequential'
+        self.coder_norm = knobs.coder_norm
+        self.sequential = knobs.arrangement == 'sequential'
         self.coder = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd)
         self.coder2 = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd) if self.sequential else None
-        self.zero_learner = zero_init_last
-        self.deploy_form = deploy_form
+        self.zero_learner = knobs.zero_init_last
+        self.deploy_form = knobs.deploy_form
         self.inference_mode = False
         self.init_weights()
 
@@ -334,11 +337,11 @@ class PlainBlock(Block):
 class _PnnhBlockFn:
     """A ``block_fn`` for ``VisionTransformer`` that builds ``PnnhBlock`` with fixed PNNH knobs."""
 
-    def __init__(self, **knobs):
+    def __init__(self, knobs: PnnhVitKnobs):
         self.knobs = knobs
 
     def __call__(self, *args, **kwargs) -> PnnhBlock:
-        return PnnhBlock(*args, **kwargs, **self.knobs)
+        return PnnhBlock(*args, **kwargs, knobs=self.knobs)
 
 
 def _is_identity_act(act: nn.Module) -> bool:
@@ -397,10 +400,9 @@ def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kw
     fixed = dict(block_fn=f'the name sets its block ({block_fn.__name__})')
     check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed, fixed)
     if pnnh:
-        knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
-        check_pnnh_vit_args(**knobs)
-        coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
-        block_fn = _PnnhBlockFn(**knobs)
+        knobs = PnnhVitKnobs(**{name: kwargs.pop(name) for name in PNNH_VIT_KNOBS if name in kwargs})  # checked here
+        coder_width(kwargs.get('embed_dim', 768), knobs.coder_ratio, 'coder_ratio')
+        block_fn = _PnnhBlockFn(knobs)
     out_indices = kwargs.pop('out_indices', 3)
     model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False))
     return build_model_with_hub(
