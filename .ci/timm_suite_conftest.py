@@ -4,7 +4,7 @@ Appended to timm's tests/conftest.py by .ci/timm_suite. Importing timm_pnnh regi
 before timm's test module builds its parameter lists. timm classifies its models for those lists by
 name pattern and by registering module, and our models extend timm's classes under other names:
 * the forward_intermediates tests select timm's modules 'resnet' and 'vision_transformer'; ours
-  are 'pnnh_resnet' and 'pnnh_vit', so a module filter naming timm's module also names ours;
+  are 'pnnh_resnet', 'cifar_resnet' and 'pnnh_vit', so a module filter naming timm's module also names ours;
 * timm's ViTs ('vit_*') are "non-standard" (no spatial feature maps); so are ours ('*_vit_*').
 """
 import timm
@@ -12,7 +12,7 @@ import timm.models._registry as registry
 
 import timm_pnnh  # noqa: F401  (registers the models)
 
-MODULES = {'resnet': ['pnnh_resnet'], 'vision_transformer': ['pnnh_vit']}
+MODULES = {'resnet': ['pnnh_resnet', 'cifar_resnet'], 'vision_transformer': ['pnnh_vit']}
 PATTERNS = {'vit_*': ['pnnh_vit_*', 'plain_vit_*', 'cifar_vit_*', 'sasp_vit_*']}
 _list_models = registry.list_models
 

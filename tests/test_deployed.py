@@ -1,5 +1,6 @@
 """One deployed form: what timm's own ``reparameterize_model`` produces is what ``inference_mode=True``
 builds, so folded weights saved after timm's function reload exactly; and one table of knob defaults."""
+import dataclasses
 import inspect
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn as nn
 from timm.utils.model import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
-from timm_pnnh.models import pnnh_resnet, pnnh_vit
+from timm_pnnh.models import cifar_resnet, pnnh_resnet, pnnh_vit
 from conftest import randomise
 
 
@@ -85,19 +86,15 @@ def test_inference_mode_builds_what_timms_function_makes():
 
 def test_knob_defaults_have_one_source():
     """The blocks' signature defaults are the knob tables' values; create_model uses the same."""
-    for block, table in ((pnnh_resnet.PnnhBasicBlock, pnnh_resnet.PNNH_KNOBS),
-                         (pnnh_resnet.PnnhBottleneck, pnnh_resnet.PNNH_BOTTLENECK_KNOBS),
-                         (pnnh_vit.PnnhBlock, pnnh_vit.PNNH_VIT_KNOBS)):
-        params = inspect.signature(block).parameters
-        knobs = {k: v for k, v in table.items() if k in params}
-        assert set(table) - set(knobs) <= {'coder_sharing'}  # a model-level knob (BlockSelector)
-        assert {k: params[k].default for k in knobs} == knobs
-        assert block.knobs is table if hasattr(block, 'knobs') else True
+    # the blocks read their defaults from one knob table each (a Knobs dataclass: the table's fields)
+    assert dataclasses.asdict(pnnh_vit.PnnhVitKnobs()) == pnnh_vit.PNNH_VIT_KNOBS
+    assert dataclasses.asdict(pnnh_resnet.PnnhBasicBlock.knobs) == pnnh_resnet.PNNH_KNOBS
+    assert dataclasses.asdict(pnnh_resnet.PnnhBottleneck.knobs) == pnnh_resnet.PNNH_BOTTLENECK_KNOBS
     assert pnnh_resnet.PNNH_BOTTLENECK_KNOBS == dict(pnnh_resnet.PNNH_KNOBS, coder_ratio=0.25)
     assert timm.create_model('pnnh_resnet50').layer1[1].coder.weight.shape[0] == 256 * 0.25
     assert pnnh_resnet.PnnhBottleneck(256, 64).coder.weight.shape[0] == 256 * 0.25
-    assert set(pnnh_resnet._KNOB_CHECKS) == set(pnnh_resnet.PNNH_KNOBS)
-    assert set(pnnh_vit._KNOB_CHECKS) == set(pnnh_vit.PNNH_VIT_KNOBS)
+    assert all('check' in f.metadata for f in dataclasses.fields(pnnh_resnet.PnnhKnobs))
+    assert all('check' in f.metadata for f in dataclasses.fields(pnnh_vit.PnnhVitKnobs))
     with pytest.raises(TypeError, match='unknown knob coder_size'):
         pnnh_resnet.check_pnnh_args(coder_size=1)
 
@@ -110,4 +107,4 @@ def test_each_entrypoint_names_its_architecture():
         assert f"'{name}'" in source, name
     assert "block=PnnhBasicBlock, layers=(3, 4, 6, 3)" in inspect.getsource(pnnh_resnet.pnnh_resnet34)
     assert "block=PnnhBottleneck, layers=(3, 4, 6, 3)" in inspect.getsource(pnnh_resnet.pnnh_resnet50)
-    assert "block=ResidualBasicBlock, layers=(9, 9, 9)" in inspect.getsource(pnnh_resnet.cifar_resnet56)
+    assert "block=ResidualBasicBlock, layers=(9, 9, 9)" in inspect.getsource(cifar_resnet.cifar_resnet56)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.models.pnnh_resnet import PlainBasicBlock, PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.resnet_blocks import PlainBasicBlock
 
 PNNH_NAMES = timm.list_models('pnnh_resnet*')
 KNOB_VARIANTS = [

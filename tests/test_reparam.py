@@ -12,7 +12,8 @@ from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import coder_ops
-from timm_pnnh.models.pnnh_resnet import CoderBesideLearner, PnnhBasicBlock, PnnhBottleneck
+from timm_pnnh.models.coders import CoderBesideLearner
+from timm_pnnh.models.pnnh_resnet import PnnhBasicBlock, PnnhBottleneck
 from timm_pnnh.models import registered_models
 from timm_pnnh.reparam import adjoint_conv_weight, fold_batchnorms
 

@@ -7,7 +7,8 @@ import torch
 from timm.models import group_parameters
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.models.pnnh_resnet import CIFAR_DEPTHS, IMAGENET_DEPTHS
+from timm_pnnh.models.cifar_resnet import CIFAR_DEPTHS
+from timm_pnnh.models.pnnh_resnet import IMAGENET_DEPTHS
 
 CIFAR_NAMES = [f'{p}_resnet{d}' for p in ('pnnh', 'plain', 'cifar') for d in CIFAR_DEPTHS]
 IMAGENET_NAMES = [f'{p}_resnet{d}' for p in ('pnnh', 'plain') for d in IMAGENET_DEPTHS]

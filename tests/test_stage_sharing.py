@@ -104,8 +104,6 @@ def test_torch_export_computes_the_model_with_one_coder_parameter_per_stage():
         torch.testing.assert_close(program.module()(x), model(x))
 
 
-@pytest.mark.xfail(strict=True, reason="torch.export lifts a sharing block's unregistered alias as a constant "
-                                       "(a copy), so a program's shared coder is not one tensor")
 def test_torch_export_reads_the_shared_coder_from_its_parameter():
     program = torch.export.export(shared_model().eval(), (images(),))
     assert not [v for v in program.constants.values() if isinstance(v, torch.Tensor) and v.dim() == 4]

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import timm_pnnh  # noqa: F401
-from timm_pnnh.models.pnnh_resnet import _Coder
+from timm_pnnh.models.coders import _Coder
 from timm.utils.model import reparameterize_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,8 @@ from timm.models.vision_transformer import Block
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh.models import FAMILY_MODULES, model_names, registered_models
-from timm_pnnh.models.pnnh_vit import PNNH_VIT_KNOBS, LinearCoder, PlainBlock, PnnhBlock
+from timm_pnnh.models.coders import LinearCoder
+from timm_pnnh.models.pnnh_vit import PNNH_VIT_KNOBS, PlainBlock, PnnhBlock
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,8 @@ from timm.utils import reparameterize_model
 
 import timm_pnnh  # noqa: F401  (registers the models)
 from timm_pnnh.models import registered_models
-from timm_pnnh.models.pnnh_vit import LinearCoder, PnnhBlock, SplitAct
+from timm_pnnh.models.coders import LinearCoder
+from timm_pnnh.models.pnnh_vit import PnnhBlock, SplitAct
 
 torch.set_num_threads(1)
 

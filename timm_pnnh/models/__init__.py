@@ -3,11 +3,11 @@ from typing import List
 
 import timm
 
-from timm_pnnh.models import pnnh_resnet  # noqa: F401  (registers the ResNet families)
+from timm_pnnh.models import cifar_resnet, pnnh_resnet  # noqa: F401  (register the ResNet families)
 from timm_pnnh.models import pnnh_vit  # noqa: F401  (registers the ViT families)
 from timm_pnnh.models import sasp_vit  # noqa: F401  (registers the SAS-P ViT baseline)
 
-FAMILY_MODULES = ('pnnh_resnet', 'pnnh_vit', 'sasp_vit')
+FAMILY_MODULES = ('pnnh_resnet', 'cifar_resnet', 'pnnh_vit', 'sasp_vit')
 
 
 def registered_models(pattern: str = '') -> List[str]:

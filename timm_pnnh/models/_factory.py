@@ -1,12 +1,13 @@
 """What the model families share: knob checks, coder widths and inits, argument checks, the deployed form."""
 import inspect
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, reparameterize_model
 
-__all__ = ['CODER_INITS', 'DEPLOY_FORMS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
+__all__ = ['Knobs', 'knob', 'CODER_INITS', 'DEPLOY_FORMS', 'MAX_CODER_RATIO', 'UnknownModelArgument', 'BUILDER_ARGS', 'check_model_kwargs',
            'check_ratio', 'check_choice', 'coder_width', 'signed_dirac_', 'deployable']
 
 CODER_INITS = ('dirac', 'kaiming', 'orthogonal')
@@ -25,6 +26,22 @@ BUILDER_ARGS = frozenset(set(inspect.signature(build_model_with_cfg).parameters)
 class UnknownModelArgument(TypeError, ValueError):
     """An argument the model does not take: a ValueError that names it, and the TypeError timm's API
     contract (its tests/test_models.py) expects for unknown constructor arguments."""
+
+
+def knob(default: Any, check: Callable[[str, Any], Any], doc: str) -> Any:
+    """One field of a ``Knobs`` table: its default, its check (called with the name and the value) and what it does."""
+    return field(default=default, metadata=dict(check=check, doc=doc))
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Base of a family's knob table (a frozen dataclass of ``knob`` fields, as timm's ``ByoBlockCfg``). An
+    instance is valid: every field is checked once, when it is made (``dataclasses.replace`` included), in
+    field order, so a call with several bad knobs names the first."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            f.metadata['check'](f.name, getattr(self, f.name))
 
 
 def check_model_kwargs(variant: str, kwargs: Dict[str, Any], model_args: Iterable[str],

@@ -7,7 +7,7 @@ learner's first convolution, which reads the same tensor, so the coder adds no a
 and a PNNH block keeps what a residual block keeps. Backward recomputes ``z = conv2d(x, E)`` (one
 more C -> C_c convolution) and takes the ReLU mask from it.
 
-With ``g`` the ``coder_lr_scale`` gain (``E = g * weight``, see ``timm_pnnh.models.pnnh_resnet._Coder``) the
+With ``g`` the ``coder_lr_scale`` gain (``E = g * weight``, see ``timm_pnnh.models.coders._Coder``) the
 operation scales the weight inside, so the training graph holds no ``weight * g`` node; and since
 ``E`` appears twice::
 

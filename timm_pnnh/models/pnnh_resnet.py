@@ -1,22 +1,20 @@
-"""PNNH ResNets, their plain baselines and CIFAR-style residual baselines, on timm's ``ResNet``, and their blocks.
+"""PNNH ResNets and their plain baselines, ImageNet style, on timm's ``ResNet``, and the PNNH blocks.
 
 Paper: Zhang, Yan, Li, Chen, "Peeking Behind the Curtains of Residual Learning", arXiv:2402.08645.
 The paper states that deep plain nets lose their input through non-linearities ("dissipating
 inputs") and that an *internal path across the non-linearity* -- a weight-sharing **coder** next to
 a **learner** -- lets plain nets train as deep as residual ones. The block equations are not in the
-text available to us; the blocks below are this project's reading (see README "The PNNH block").
+paper's text; the blocks below are this project's reading (see README "The PNNH block").
 They are drop-in ``block_fn`` for timm's ``ResNet`` (same constructor signature as timm's
 ``BasicBlock`` / ``Bottleneck``); none of them adds its input to anything.
 
-Families (paper, Figure 2: PNNH replaces the stride-1 blocks, the blocks that change stride or width
-keep the original residual block unless ``plain_transitions=True``):
+Paper, Figure 2: PNNH replaces the stride-1 blocks; the blocks that change stride or width keep the
+original residual block unless ``plain_transitions=True`` (``BlockSelector``).
 
 * ImageNet style (timm's ``ResNet``, 7x7 stem + max-pool, 4 stages): ``pnnh_resnet18/34/50/101/152``
   and ``plain_resnet18/34/50/101/152``; the residual baselines are timm's own ``resnet18`` ... ``152``.
-* CIFAR style (He et al. 2016, section 4.2: 3x3 stride-1 stem, no max-pool, stages of 16/32/64
-  channels, 6n+2 layers): ``pnnh_resnet20/32/44/56/110``, ``plain_resnet20/...`` and the residual
-  ``cifar_resnet20/...``. timm's ResNet projects the shortcut with a 1x1 conv where width changes
-  (He et al.'s option B), which the residual baseline keeps.
+* CIFAR style: ``cifar_resnet`` (same blocks, ``CifarResNet``).
+* The blocks without a coder (residual, plain): ``resnet_blocks``; the coder layer: ``coders``.
 
 Each entrypoint at the bottom of this file names its block and stage depths (``model_args``).
 The knob defaults are :data:`PNNH_KNOBS` (and :data:`PNNH_BOTTLENECK_KNOBS`), read by the blocks'
@@ -27,224 +25,73 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 (the stem keeps its conv -> BN). ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import copy
+from dataclasses import asdict, dataclass, replace
 import inspect
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet, get_padding
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from timm_pnnh.models import coder_ops
-from timm_pnnh.models._cfgs import (
-    CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, build_model_with_hub, hub_cfgs)
+from timm_pnnh.models._cfgs import build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
-    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
-from timm_pnnh.reparam import (
-    adjoint_conv_weight, bn_scale_shift, dense_weight, fold_block_batchnorms, fold_conv_bn, pad_kernel)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, Knobs, check_choice, check_model_kwargs, check_ratio, coder_width,
+    deployable, knob)
+from timm_pnnh.models.coders import CoderBesideLearner, _Coder, _conv_with_bias
+from timm_pnnh.models.resnet_blocks import TRANSITIONS, PlainBasicBlock, PlainBottleneck
+from timm_pnnh.reparam import bn_scale_shift, dense_weight, fold_conv_bn, pad_kernel
 
-__all__ = ['CifarResNet', 'CoderBesideLearner', 'PnnhBasicBlock', 'PnnhBottleneck', 'PlainBasicBlock', 'PlainBottleneck',
-           'ResidualBasicBlock', 'ResidualBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
-           'IMAGENET_DEPTHS', 'CIFAR_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
+__all__ = ['PnnhBasicBlock', 'PnnhBottleneck', 'BlockSelector', 'PNNH_KNOBS', 'PNNH_BOTTLENECK_KNOBS',
+           'IMAGENET_DEPTHS', 'check_pnnh_args', 'pnnh_resnet_coders', 'residual_to_pnnh_resnet']
 
-# The defaults of the knobs the paper leaves open (docs/block.md "Knobs"), each written
-# here once: the blocks' signatures and the entrypoints read these tables.
-PNNH_KNOBS: Dict[str, Any] = dict(
-    coder_ratio=1.0, learner_ratio=1.0, coder_kernel=1, coder_init='dirac', coder_norm=False, coder_lr_scale=0.1,
-    coder_sharing='block', deploy_form='side_by_side')
-# A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
-# about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
-# yet measured: ImageNet-scale ablations cannot run here.
-PNNH_BOTTLENECK_KNOBS: Dict[str, Any] = dict(PNNH_KNOBS, coder_ratio=0.25)
 CODER_KERNELS = (1, 3)
 CODER_SHARING = ('block', 'stage')
 _IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)  # act(act(z)) == act(z)
 
 # the registered depths (each entrypoint below writes its architecture)
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)
-# depths with a Fashion-MNIST weight tag (1x28x28 input); the default tag stays .cifar10 (3x32x32)
-FMNIST_DEPTHS = (20, 56)
 
-# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
-_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
-    coder_lr_scale=lambda v: check_ratio('coder_lr_scale', v, 0.0, 1.0),
-    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
-    learner_ratio=lambda v: check_ratio('learner_ratio', v, 0.0, 4.0),
-    coder_kernel=lambda v: check_choice('coder_kernel', v, CODER_KERNELS),
-    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
-    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
-    coder_sharing=lambda v: check_choice('coder_sharing', v, CODER_SHARING),
-    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
-)
+
+@dataclass(frozen=True)
+class PnnhKnobs(Knobs):
+    """The knobs the paper leaves open (docs/block.md "Knobs"): each field is one knob, with its default,
+    its check and what it does. An instance is valid: the checks run once, when it is made (in field
+    order, so a call with several bad knobs names the first). ``create_model`` makes one per model and
+    every block of the model reads it; a block built on its own makes its own from its keyword
+    arguments. Adding a knob is one field here plus its use in the blocks."""
+    coder_lr_scale: float = knob(0.1, lambda n, v: check_ratio(n, v, 0.0, 1.0),
+                                 "scale of the coder's SGD learning rate (``_Coder``'s gain)")
+    coder_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
+    learner_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, 4.0), 'learner width / its timm width')
+    coder_kernel: int = knob(1, lambda n, v: check_choice(n, v, CODER_KERNELS), "the coder's kernel size")
+    coder_init: str = knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
+    coder_norm: bool = knob(False, lambda n, v: check_choice(n, v, (False, True)),
+                            'a BatchNorm over the coder channels')
+    coder_sharing: str = knob('block', lambda n, v: check_choice(n, v, CODER_SHARING),
+                              "'stage': the PNNH blocks of a stage share one coder (``BlockSelector``)")
+    deploy_form: str = knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
+                            "what ``reparameterize()`` folds a block into")
+
+
+# the knob defaults, by name (the paper's 'dirac' coder as wide as the block, beside a full learner)
+PNNH_KNOBS: Dict[str, Any] = asdict(PnnhKnobs())
+# A full-width coder in a bottleneck (C = 4 * planes) would cost 2*C*C multiply-adds per position,
+# about twice the whole bottleneck; its default is one learner width (C / 4). A cost choice, not
+# yet measured at ImageNet scale.
+PNNH_BOTTLENECK_KNOBS: Dict[str, Any] = dict(PNNH_KNOBS, coder_ratio=0.25)
 
 
 def check_pnnh_args(**knobs: Any) -> None:
     """Validate the PNNH knobs given (names from ``PNNH_KNOBS``); raise ValueError naming the bad one."""
-    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    unknown = sorted(set(knobs) - set(PNNH_KNOBS))
     if unknown:
         raise TypeError(f'check_pnnh_args: unknown knob {", ".join(unknown)}; the knobs are {", ".join(PNNH_KNOBS)}')
-    for name, check in _KNOB_CHECKS.items():
-        if name in knobs:
-            check(knobs[name])
-
-
-def _relink(coder: '_Coder', incompatible_keys) -> None:
-    """Post-load hook of a sharing coder (a function, so that the model pickles)."""
-    coder._link()
-
-
-class _Coder(nn.Module):
-    """The weight-sharing coder: encoder ``E`` (a conv C -> C_c) and decoder ``adj(E)``.
-
-    ``adj(E)`` is the transposed convolution with the *same* Parameter, so the decoder costs no
-    parameters and no weight copy: ``decode(z) = conv_transpose2d(z, E)``. For a non-negative input
-    and a Dirac ``E`` (C_c = C), ``decode(relu(encode(x))) == x`` exactly; for a random ``E`` the
-    result points along ``x`` in expectation. Not an ``nn.Conv2d``, so ResNet's Kaiming init leaves
-    the chosen ``coder_init`` alone.
-
-    ``lr_scale`` (s): the Parameter holds ``E / sqrt(s)`` and the coder uses ``E = sqrt(s) * weight``,
-    so plain SGD moves ``E`` with s times the learning rate (Adam-type optimizers: sqrt(s)) and weight
-    decay shrinks ``E`` at the usual relative rate. Works with any training script, timm's included.
-    ``kernel()`` is ``E``: the Parameter itself when s = 1, else one scaled tensor per forward, which
-    encoder and decoder share. ``owner``: the coder whose Parameter this one uses instead of a new one
-    (``coder_sharing='stage'``: the blocks of a stage use the first block's). Only the owner registers it,
-    so it is one entry of the state dict, counted and saved once, safetensors included. Invariant: a
-    shared coder's ``weight`` is its owner's Parameter object. Whatever replaces the owner's Parameter
-    re-links the sharers: ``load_state_dict(assign=True)`` (a post-load hook), ``to_empty`` / ``to`` /
-    ``half`` (``_apply``, which visits the owner first: it is an earlier block); ``deepcopy`` copies
-    the one object once.
-
-    ``code(x, act)`` is the coder's output. A ReLU coder without norm runs as one operation that
-    recomputes its code in backward instead of saving it (``coder_ops.relu_coder``, ``recompute``
-    True); any other coder, or ``recompute = False``, runs as autograd's encode -> act -> decode.
-    """
-    recompute = True
-
-    def __init__(self, channels: int, coder_channels: int, kernel_size: int, dilation: int, init: str,
-                 norm_layer: Optional[Type[nn.Module]], lr_scale: float = 1.0, owner: Optional['_Coder'] = None,
-                 device=None, dtype=None):
-        super().__init__()
-        self.padding = get_padding(kernel_size, 1, dilation)
-        self.dilation = dilation
-        self.gain = float(lr_scale) ** 0.5
-        shape = (coder_channels, channels, kernel_size, kernel_size)
-        if owner is not None and tuple(owner.weight.shape) != shape:
-            raise ValueError(f'coder weight of shape {tuple(owner.weight.shape)} is not allowed here: it must be {shape}')
-        object.__setattr__(self, 'owner', owner)  # not a submodule: the owner is saved where it is registered
-        if owner is None:
-            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        else:
-            self._link()
-            self.register_load_state_dict_post_hook(_relink)
-        self.norm = norm_layer(coder_channels, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
-        self.init = init
-        if owner is None:
-            self.reset_parameters()
-
-    def _link(self) -> None:
-        """Use the owner's Parameter (unregistered here)."""
-        object.__setattr__(self, 'weight', self.owner.weight)
-
-    def _apply(self, fn, recurse=True):
-        module = super()._apply(fn, recurse)
-        if self.owner is not None:
-            self._link()
-        return module
-
-    def reset_parameters(self) -> None:
-        if self.owner is not None:  # the owner initialises the shared Parameter
-            return
-        if self.init == 'dirac':
-            signed_dirac_(self.weight.data)
-        elif self.init == 'orthogonal':
-            nn.init.orthogonal_(self.weight)
-        else:  # 'kaiming', scaled so that adj(E) relu(E x) keeps the input's magnitude in expectation
-            nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
-            self.weight.data.mul_(0.5 ** 0.5)
-        self.weight.data.div_(self.gain)
-
-    def kernel(self) -> torch.Tensor:
-        """The coder weight ``E``."""
-        return self.weight if self.gain == 1.0 else self.weight * self.gain
-
-    def encode(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
-        kernel = self.kernel() if kernel is None else kernel
-        return self.norm(F.conv2d(x, kernel, None, 1, self.padding, self.dilation))
-
-    def decode(self, z: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
-        kernel = self.kernel() if kernel is None else kernel
-        return F.conv_transpose2d(z, kernel, None, 1, self.padding, 0, 1, self.dilation)
-
-    def code(self, x: torch.Tensor, act: nn.Module, act2: Optional[nn.Module] = None) -> torch.Tensor:
-        """``adj(E) act2(act(N_c(E x)))`` (``act2`` none if not given)."""
-        acts = (act,) if act2 is None else (act, act2)
-        if self.recompute and coder_ops.recompute_applies(self.norm, *acts):
-            return coder_ops.relu_coder(x, self.weight, self.gain, self.padding, self.dilation)
-        kernel = self.kernel()
-        code = self.encode(x, kernel)
-        for a in acts:
-            code = a(code)
-        return self.decode(code, kernel)
-
-    def folded(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(encoder weight, encoder bias, decoder weight)`` as plain ``conv2d`` weights (norm folded)."""
-        weight = self.kernel().detach()
-        if isinstance(self.norm, nn.Identity):
-            scale, shift = weight.new_ones(weight.shape[0]), weight.new_zeros(weight.shape[0])
-        else:
-            scale, shift = bn_scale_shift(self.norm)
-        return weight * scale.reshape(-1, 1, 1, 1), shift, adjoint_conv_weight(weight)
-
-
-def _conv_with_bias(weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int) -> nn.Conv2d:
-    """A stride-1 'same' ``nn.Conv2d`` holding ``weight`` and ``bias`` (none if ``bias`` is None)."""
-    k = weight.shape[-1]
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], k, padding=dilation * (k - 1) // 2, dilation=dilation,
-                     bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-    return conv
-
-
-class CoderBesideLearner(nn.Module):
-    """A PNNH block deployed with ``deploy_form='side_by_side'``: ``act(learner(x) + decoder(coder_act(encoder(x))))``.
-
-    ``learner`` is the block's learner in eval form, its BatchNorms folded into its convs (with bias), up
-    to its last conv; ``encoder`` is ``N_c E`` (a conv with bias), ``decoder`` is ``adj(E)`` (a conv
-    without bias), ``coder_act`` the act(s) the coder crosses and ``act`` the block's last act. No term
-    is the input: the block stays plain; it is two branches of convolutions summed before the last act.
-    The coder runs through ``coder_ops.conv`` / ``conv_add_``, the decoder's output added into the
-    learner's in place; a 1x1 coder on a channels_last input runs as matrix products over the pixels
-    where that is the faster form (``coder_ops.MATMUL_1X1``: on Intel CPUs), else as 1x1 convolutions.
-
-    Cost: the learner's multiply-adds plus ``2 k*k C_c C`` per position, the summed training form's
-    (eval) arithmetic, against ``(C_c + C_l) / C`` times a residual block's for ``deploy_form='merged'``.
-    """
-
-    def __init__(self, learner: nn.Sequential, encoder: nn.Conv2d, coder_act: nn.Module, decoder: nn.Conv2d,
-                 act: nn.Module):
-        super().__init__()
-        self.learner = learner
-        self.encoder = encoder
-        self.coder_act = coder_act
-        self.decoder = decoder
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        code = self.coder_act(coder_ops.conv(x, self.encoder.weight, self.encoder.bias, self.encoder.padding[0],
-                                             self.encoder.dilation[0]))
-        out = coder_ops.conv_add_(self.learner(x), code, self.decoder.weight, self.decoder.padding[0],
-                                  self.decoder.dilation[0])
-        return self.act(out)
+    PnnhKnobs(**knobs)
 
 
 def _check_dilation(kernel_sizes, dilations, block: str) -> int:
@@ -268,35 +115,34 @@ class _PnnhBlock(nn.Module):
     """What ``PnnhBasicBlock`` and ``PnnhBottleneck`` share: the argument checks, the coder set-up, the
     learner's zero-initialised last BN, the coder's TorchScript form and the end of the fold.
 
-    A subclass sets ``expansion``, ``knobs`` (the table its signature reads its knob defaults from),
+    A subclass sets ``expansion``, ``knobs`` (its default ``PnnhKnobs``),
     ``last_bn`` and ``last_act`` (the names of the learner's last BatchNorm and of the block's last act),
     builds its learner after this ``__init__`` and sets ``coder_act2`` (the coder's second act, None
     without one), and implements ``_plain_layers`` (the one-conv-per-layer fold, in order) and
     ``_learner_layers`` (the learner folded, up to its last conv).
     """
     expansion = 1
-    knobs = PNNH_KNOBS
+    knobs = PnnhKnobs()
     last_bn = 'bn2'
     last_act = 'act2'
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module],
                  reduce_first: int, first_dilation: int, norm_layer: Type[nn.Module], attn_layer, aa_layer,
-                 drop_path: Optional[nn.Module], shared_coder: Optional[nn.Module], knobs: Dict[str, Any],
+                 drop_path: Optional[nn.Module], shared_coder: Optional[nn.Module], knobs: PnnhKnobs,
                  device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
-        check_pnnh_args(**knobs)
         channels = planes * self.expansion
         if stride != 1 or downsample is not None or inplanes != channels:
             raise ValueError(
                 f'{name} is for stride-1, same-width blocks: got stride={stride}, inplanes={inplanes}, '
                 f'planes={planes} ({channels} channels out), downsample={"set" if downsample is not None else None}')
         _check_unsupported(name, attn_layer, aa_layer, reduce_first)
-        self.coder = _Coder(channels, coder_width(channels, knobs['coder_ratio'], 'coder_ratio'), knobs['coder_kernel'],
-                            first_dilation, knobs['coder_init'], norm_layer if knobs['coder_norm'] else None,
-                            knobs['coder_lr_scale'], shared_coder, device=device, dtype=dtype)
+        self.coder = _Coder(channels, coder_width(channels, knobs.coder_ratio, 'coder_ratio'), knobs.coder_kernel,
+                            first_dilation, knobs.coder_init, norm_layer if knobs.coder_norm else None,
+                            knobs.coder_lr_scale, shared_coder, device=device, dtype=dtype)
         self.drop_path = drop_path
-        self.deploy_form = knobs['deploy_form']
+        self.deploy_form = knobs.deploy_form
         self.inference_mode = False
         self.plain: Optional[nn.Module] = None  # the deployment form, set by reparameterize()
 
@@ -372,8 +218,7 @@ class PnnhBasicBlock(_PnnhBlock):
     it folds into exactly that at deployment (``reparameterize``). In training the two branches are
     summed instead: the learner's BatchNorms need the learner's own batch statistics, which a
     concatenated second convolution cannot give, and a 1x1 coder costs 1/9 of running it inside a
-    3x3 conv; concatenating only the first convolution also trained slower than the summed branches
-    when it was tried.
+    3x3 conv (docs/block.md, "Choices and what they rest on").
 
     Parameters (C_c = coder_ratio * C, C_l = learner_ratio * C, k = coder_kernel)::
 
@@ -381,10 +226,10 @@ class PnnhBasicBlock(_PnnhBlock):
 
     ``drop_path`` drops the learner only (the coder is the path that stays, as the identity does in
     a residual block). ``attn_layer``, ``aa_layer`` and ``reduce_first != 1`` are not supported (ValueError). ``coder_lr_scale`` scales the coder's SGD
-    learning rate (see ``_Coder``): a coder trained at the full rate destabilised deep nets here.
+    learning rate (see ``_Coder``; why 0.1: docs/block.md, "Choices and what they rest on").
     """
     expansion = 1
-    knobs = PNNH_KNOBS
+    knobs = PnnhKnobs()
     last_bn = 'bn2'
     last_act = 'act2'
 
@@ -405,22 +250,17 @@ class PnnhBasicBlock(_PnnhBlock):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = PNNH_KNOBS['coder_ratio'],
-            learner_ratio: float = PNNH_KNOBS['learner_ratio'],
-            coder_kernel: int = PNNH_KNOBS['coder_kernel'],
-            coder_init: str = PNNH_KNOBS['coder_init'],
-            coder_norm: bool = PNNH_KNOBS['coder_norm'],
-            coder_lr_scale: float = PNNH_KNOBS['coder_lr_scale'],
-            deploy_form: str = PNNH_KNOBS['deploy_form'],
+            knobs: Optional[PnnhKnobs] = None,
             shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
+            **knob_args,
     ):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
-        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
-                     deploy_form=deploy_form)
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or self.knobs, **knob_args)
+        learner_ratio = knobs.learner_ratio
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, shared_coder, knobs, **dd)
         if cardinality != 1 or base_width != 64:
@@ -501,7 +341,7 @@ class PnnhBottleneck(_PnnhBlock):
         k*k*C_c*C  +  C*W  +  9*W*W/g  +  W*C  +  2*W  +  2*W  +  2*C  (+ 2*C_c if coder_norm)
     """
     expansion = 4
-    knobs = PNNH_BOTTLENECK_KNOBS
+    knobs = PnnhKnobs(**PNNH_BOTTLENECK_KNOBS)
     last_bn = 'bn3'
     last_act = 'act3'
 
@@ -522,22 +362,17 @@ class PnnhBottleneck(_PnnhBlock):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            coder_ratio: float = PNNH_BOTTLENECK_KNOBS['coder_ratio'],
-            learner_ratio: float = PNNH_BOTTLENECK_KNOBS['learner_ratio'],
-            coder_kernel: int = PNNH_BOTTLENECK_KNOBS['coder_kernel'],
-            coder_init: str = PNNH_BOTTLENECK_KNOBS['coder_init'],
-            coder_norm: bool = PNNH_BOTTLENECK_KNOBS['coder_norm'],
-            coder_lr_scale: float = PNNH_BOTTLENECK_KNOBS['coder_lr_scale'],
-            deploy_form: str = PNNH_BOTTLENECK_KNOBS['deploy_form'],
+            knobs: Optional[PnnhKnobs] = None,
             shared_coder: Optional[nn.Module] = None,
             device=None,
             dtype=None,
+            **knob_args,
     ):
         dd = {'device': device, 'dtype': dtype}
         first_dilation = first_dilation or dilation
-        knobs = dict(coder_ratio=coder_ratio, learner_ratio=learner_ratio, coder_kernel=coder_kernel,
-                     coder_init=coder_init, coder_norm=coder_norm, coder_lr_scale=coder_lr_scale,
-                     deploy_form=deploy_form)
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or self.knobs, **knob_args)
+        learner_ratio = knobs.learner_ratio
         super().__init__(inplanes, planes, stride, downsample, reduce_first, first_dilation, norm_layer, attn_layer,
                          aa_layer, drop_path, shared_coder, knobs, **dd)
         channels = planes * self.expansion
@@ -606,86 +441,6 @@ class PnnhBottleneck(_PnnhBlock):
         return self.act3(learned)
 
 
-class _FoldBatchNorms:
-    """``reparameterize()`` for a timm ``BasicBlock`` / ``Bottleneck`` (or subclass): its BatchNorms fold
-    into the convolutions before them, the downsample projection's too (``fold_block_batchnorms``), so
-    that timm's ``reparameterize_model`` folds the blocks that are not PNNH blocks as well."""
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold ``bnN`` into ``convN`` and the downsample projection's BatchNorm into its conv, in place
-        (eval form: running statistics). The shortcut, if any, stays. Idempotent."""
-        fold_block_batchnorms(self)
-
-
-class ResidualBasicBlock(_FoldBatchNorms, BasicBlock):
-    """timm's ``BasicBlock``, unchanged (same arguments, state dict and forward), that folds its
-    BatchNorms in ``reparameterize()``: the transition blocks of the PNNH nets and the blocks of the
-    ``cifar_resnet*`` baselines."""
-
-
-class ResidualBottleneck(_FoldBatchNorms, Bottleneck):
-    """timm's ``Bottleneck``, unchanged, that folds its BatchNorms in ``reparameterize()`` (see
-    ``ResidualBasicBlock``)."""
-
-
-class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
-    """timm's ``BasicBlock`` with its shortcut removed: ``act(BN2(conv(act(BN1(conv(x))))))``.
-
-    The plain baseline. A block that changes stride or width downsamples with its own strided first
-    conv; the projection ``downsample`` ResNet offers is dropped. ``zero_init_last`` is a no-op
-    (zeroing the last BN would zero the whole signal), and ``drop_path`` drops the block's output,
-    which is what removing the add and nothing else leaves.
-    """
-
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
-        super().__init__(inplanes, planes, stride, None, **kwargs)
-
-    def zero_init_last(self) -> None:
-        pass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.drop_block(x)
-        x = self.act1(x)
-        x = self.aa(x)
-        x = self.conv2(x)
-        x = self.bn2(x)
-        if self.se is not None:
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
-        return self.act2(x)
-
-
-class PlainBottleneck(_FoldBatchNorms, Bottleneck):
-    """timm's ``Bottleneck`` with its shortcut removed (see ``PlainBasicBlock``)."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
-        super().__init__(inplanes, planes, stride, None, **kwargs)
-
-    def zero_init_last(self) -> None:
-        pass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.act1(x)
-        x = self.conv2(x)
-        x = self.bn2(x)
-        x = self.drop_block(x)
-        x = self.act2(x)
-        x = self.aa(x)
-        x = self.conv3(x)
-        x = self.bn3(x)
-        if self.se is not None:
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
-        return self.act3(x)
-
 
 class BlockSelector:
     """A ``block_fn`` for timm's ``ResNet`` that picks the block per position (paper, Figure 2).
@@ -697,20 +452,19 @@ class BlockSelector:
     (one stage) use the first one's coder Parameter (``_Coder`` ``owner``); a selector builds one model.
     """
 
-    def __init__(self, pnnh_block, transition_block, coder_sharing: str = 'block', **pnnh_kwargs):
+    def __init__(self, pnnh_block, transition_block, knobs: PnnhKnobs):
         if pnnh_block.expansion != transition_block.expansion:
             raise ValueError('pnnh_block and transition_block must have the same expansion')
-        check_choice('coder_sharing', coder_sharing, CODER_SHARING)
         self.expansion = pnnh_block.expansion
         self.pnnh_block = pnnh_block
         self.transition_block = transition_block
-        self.share = coder_sharing == 'stage'
-        self.pnnh_kwargs = pnnh_kwargs
+        self.share = knobs.coder_sharing == 'stage'
+        self.knobs = knobs
         self.stage_coder: Optional[nn.Module] = None
 
     def __call__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
         if stride == 1 and downsample is None and inplanes == planes * self.expansion:
-            block = self.pnnh_block(inplanes, planes, **kwargs, **self.pnnh_kwargs,
+            block = self.pnnh_block(inplanes, planes, **kwargs, knobs=self.knobs,
                                     shared_coder=self.stage_coder if self.share else None)
             if self.share and self.stage_coder is None:
                 self.stage_coder = block.coder
@@ -718,92 +472,6 @@ class BlockSelector:
         self.stage_coder = None  # a new stage begins after a transition
         return self.transition_block(inplanes, planes, stride, downsample, **kwargs)
 
-
-class CifarResNet(ResNet):
-    """timm's ``ResNet`` with the CIFAR stem of He et al. (2016, section 4.2).
-
-    A 3x3 stride-1 convolution to ``channels[0]``, no max-pool, and three stages (strides 1, 2, 2). Everything else -- blocks, head, init, grad
-    checkpointing, ``group_matcher``, ``reset_classifier`` -- is timm's.
-    """
-
-    # timm ResNet arguments this stem replaces (refused by name on the registered names)
-    fixed_args = dict.fromkeys(('stem_type', 'stem_width', 'replace_stem_pool'),
-                               'the CIFAR-style nets have their own stem (a 3x3 stride-1 conv, no max-pool)')
-
-    def __init__(self, block, layers: Tuple[int, ...], channels: Tuple[int, ...] = (16, 32, 64),
-                 in_chans: int = 3, **kwargs):
-        if len(layers) != 3 or len(channels) != 3:
-            raise ValueError(f'layers={tuple(layers)}, channels={tuple(channels)}: CifarResNet has exactly 3 stages')
-        if channels[0] % 2:
-            raise ValueError(f'channels={tuple(channels)}: the first stage width must be even')
-        # a 'deep' stem of width channels[0] // 2 makes ResNet build layer1 for channels[0] inputs;
-        # the stem itself is then replaced by the CIFAR one
-        super().__init__(block, layers, channels=channels, in_chans=in_chans, stem_type='deep',
-                         stem_width=channels[0] // 2, **kwargs)
-        dd = {'device': self.bn1.weight.device, 'dtype': self.bn1.weight.dtype}
-        self.conv1 = nn.Conv2d(in_chans, channels[0], 3, stride=1, padding=1, bias=False, **dd)
-        nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
-        self.maxpool = nn.Identity()
-        self.stage_names = ('layer1', 'layer2', 'layer3')
-        self.feature_info[0]['reduction'] = 1
-        for i, info in enumerate(self.feature_info[1:]):
-            info['reduction'] = 2 ** i
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """As timm's ``ResNet.forward_intermediates``: the stem output, then each stage's."""
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in take_indices:
-            intermediates.append(x)
-        stage_names = self.stage_names[:max_index] if stop_early else self.stage_names
-        for feat_idx, name in enumerate(stage_names, start=1):
-            stage = getattr(self, name)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """As timm's ``ResNet.prune_intermediate_layers``, for the CIFAR stage count."""
-        take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
-        for name in self.stage_names[max_index:]:
-            setattr(self, name, nn.Sequential())
-        prune_end = max_index < len(self.stage_names)
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-        return x
 
 
 def pnnh_resnet_coders(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -841,9 +509,6 @@ def residual_to_pnnh_resnet(state_dict: Dict[str, torch.Tensor], model: nn.Modul
     return convert_state_dict(state_dict, model, pnnh_resnet_coders, 'fc')
 
 
-# the transition blocks of a PNNH block (by expansion): residual, and plain with plain_transitions=True
-_TRANSITIONS = {1: (ResidualBasicBlock, PlainBasicBlock), 4: (ResidualBottleneck, PlainBottleneck)}
-
 
 def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
     """Build ``variant``: ``model_cls`` with its entrypoint's ``model_args`` (``block``, ``layers``) and the
@@ -856,7 +521,7 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
     allowed |= {'inference_mode'}
     fixed = dict(block=f'the name sets its block ({block.__name__})', layers=f'the name sets its depth ({layers})',
                  **getattr(model_cls, 'fixed_args', {}))
-    check_model_kwargs(variant, kwargs, allowed | set(block.knobs) | {'plain_transitions'} if pnnh else allowed, fixed)
+    check_model_kwargs(variant, kwargs, allowed | set(PNNH_KNOBS) | {'plain_transitions'} if pnnh else allowed, fixed)
     # timm arguments the name's block takes one value of (timm's BasicBlock asserts on the first two)
     only = dict(cardinality=1, base_width=64) if block.expansion == 1 else {}
     if pnnh:
@@ -866,11 +531,10 @@ def _create(model_cls: Type[ResNet], variant: str, pretrained: bool, model_args:
             raise ValueError(f'{variant}: {name}={kwargs[name]!r} is not allowed: {block.__name__} takes only {name}={value}')
     if pnnh:
         kwargs.setdefault('pretrained_filter_fn', residual_to_pnnh_resnet)
-        knobs = {name: kwargs.pop(name, default) for name, default in block.knobs.items()}
-        check_pnnh_args(**knobs)
+        knobs = replace(block.knobs, **{name: kwargs.pop(name) for name in PNNH_KNOBS if name in kwargs})  # checked here
         plain_transitions = kwargs.pop('plain_transitions', False)
         check_choice('plain_transitions', plain_transitions, (False, True))
-        block = BlockSelector(block, _TRANSITIONS[block.expansion][plain_transitions], **knobs)
+        block = BlockSelector(block, TRANSITIONS[block.expansion][plain_transitions], knobs)
     model_cls = deployable(model_cls, kwargs.pop('inference_mode', False))
     feature_cfg = dict(out_indices=tuple(range(len(layers) + 1)))  # the stem, then every stage
     return build_model_with_hub(model_cls, variant, pretrained, feature_cfg=feature_cfg, block=block, layers=layers,
@@ -881,12 +545,6 @@ def _create_resnet(variant: str, pretrained: bool, model_args: Dict[str, Any], *
     """An ImageNet-style net: timm's ``ResNet`` (7x7 stem, max-pool, 4 stages)."""
     return _create(ResNet, variant, pretrained, model_args, **kwargs)
 
-
-def _create_cifar_resnet(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> ResNet:
-    """A CIFAR-style net: ``CifarResNet`` (3x3 stride-1 stem, stages of 16/32/64 channels)."""
-    return _create(CifarResNet, variant, pretrained, model_args, **kwargs)
-
-
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
@@ -894,21 +552,9 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         'first_conv': 'conv1', 'classifier': 'fc', **kwargs}  # license, paper: hub_cfgs
 
 
-def _cifar_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
-                mean=CIFAR10_MEAN, std=CIFAR10_STD, label_names=CIFAR10_LABELS, **kwargs)
-
-
-def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(7, 7), crop_pct=1.0,
-                mean=FMNIST_MEAN, std=FMNIST_STD, label_names=FMNIST_LABELS, **kwargs)
-
-
 default_cfgs = generate_default_cfgs(hub_cfgs({
     **converted_cfgs('pnnh_resnet'),  # pnnh_resnet18/34's default and the *_identity names' tags: timm's, converted
     **{f'{f}_resnet{d}.in1k': _cfg() for f in ('pnnh', 'plain') for d in IMAGENET_DEPTHS},
-    **{f'{p}_resnet{d}.cifar10': _cifar_cfg() for p in ('pnnh', 'plain', 'cifar') for d in CIFAR_DEPTHS},
-    **{f'{p}_resnet{d}.fmnist': _fmnist_cfg() for p in ('pnnh', 'plain', 'cifar') for d in FMNIST_DEPTHS},
 }))
 
 
@@ -1001,108 +647,3 @@ def plain_resnet152(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet-style ResNet-152, plain (every shortcut removed)."""
     model_args = dict(block=PlainBottleneck, layers=(3, 8, 36, 3))
     return _create_resnet('plain_resnet152', pretrained, model_args, **kwargs)
-
-
-@register_model
-def pnnh_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-20, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    model_args = dict(block=PnnhBasicBlock, layers=(3, 3, 3))
-    return _create_cifar_resnet('pnnh_resnet20', pretrained, model_args, **kwargs)
-
-
-@register_model
-def pnnh_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-32, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    model_args = dict(block=PnnhBasicBlock, layers=(5, 5, 5))
-    return _create_cifar_resnet('pnnh_resnet32', pretrained, model_args, **kwargs)
-
-
-@register_model
-def pnnh_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-44, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    model_args = dict(block=PnnhBasicBlock, layers=(7, 7, 7))
-    return _create_cifar_resnet('pnnh_resnet44', pretrained, model_args, **kwargs)
-
-
-@register_model
-def pnnh_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-56, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    model_args = dict(block=PnnhBasicBlock, layers=(9, 9, 9))
-    return _create_cifar_resnet('pnnh_resnet56', pretrained, model_args, **kwargs)
-
-
-@register_model
-def pnnh_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-110, PNNH (coder + learner, no shortcut in stride-1 blocks)."""
-    model_args = dict(block=PnnhBasicBlock, layers=(18, 18, 18))
-    return _create_cifar_resnet('pnnh_resnet110', pretrained, model_args, **kwargs)
-
-
-@register_model
-def plain_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-20, plain (every shortcut removed)."""
-    model_args = dict(block=PlainBasicBlock, layers=(3, 3, 3))
-    return _create_cifar_resnet('plain_resnet20', pretrained, model_args, **kwargs)
-
-
-@register_model
-def plain_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-32, plain (every shortcut removed)."""
-    model_args = dict(block=PlainBasicBlock, layers=(5, 5, 5))
-    return _create_cifar_resnet('plain_resnet32', pretrained, model_args, **kwargs)
-
-
-@register_model
-def plain_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-44, plain (every shortcut removed)."""
-    model_args = dict(block=PlainBasicBlock, layers=(7, 7, 7))
-    return _create_cifar_resnet('plain_resnet44', pretrained, model_args, **kwargs)
-
-
-@register_model
-def plain_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-56, plain (every shortcut removed)."""
-    model_args = dict(block=PlainBasicBlock, layers=(9, 9, 9))
-    return _create_cifar_resnet('plain_resnet56', pretrained, model_args, **kwargs)
-
-
-@register_model
-def plain_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-110, plain (every shortcut removed)."""
-    model_args = dict(block=PlainBasicBlock, layers=(18, 18, 18))
-    return _create_cifar_resnet('plain_resnet110', pretrained, model_args, **kwargs)
-
-
-@register_model
-def cifar_resnet20(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-20, residual baseline."""
-    model_args = dict(block=ResidualBasicBlock, layers=(3, 3, 3))
-    return _create_cifar_resnet('cifar_resnet20', pretrained, model_args, **kwargs)
-
-
-@register_model
-def cifar_resnet32(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-32, residual baseline."""
-    model_args = dict(block=ResidualBasicBlock, layers=(5, 5, 5))
-    return _create_cifar_resnet('cifar_resnet32', pretrained, model_args, **kwargs)
-
-
-@register_model
-def cifar_resnet44(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-44, residual baseline."""
-    model_args = dict(block=ResidualBasicBlock, layers=(7, 7, 7))
-    return _create_cifar_resnet('cifar_resnet44', pretrained, model_args, **kwargs)
-
-
-@register_model
-def cifar_resnet56(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-56, residual baseline."""
-    model_args = dict(block=ResidualBasicBlock, layers=(9, 9, 9))
-    return _create_cifar_resnet('cifar_resnet56', pretrained, model_args, **kwargs)
-
-
-@register_model
-def cifar_resnet110(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR-style ResNet-110, residual baseline."""
-    model_args = dict(block=ResidualBasicBlock, layers=(18, 18, 18))
-    return _create_cifar_resnet('cifar_resnet110', pretrained, model_args, **kwargs)

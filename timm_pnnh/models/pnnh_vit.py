@@ -20,14 +20,13 @@ Deployed form: timm's ``reparameterize_model`` (``validate.py --reparam``) calls
 ``reparameterize()``; ``inference_mode=True`` builds exactly that form, to load its weights.
 """
 import inspect
-import math
+from dataclasses import asdict, dataclass, replace
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import LayerScale, Mlp, get_act_layer
@@ -37,7 +36,9 @@ from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_
 from timm_pnnh.models._cfgs import CIFAR10_MEAN, CIFAR10_STD, build_model_with_hub, hub_cfgs
 from timm_pnnh.models._converted import ConversionError, convert_state_dict, converted_cfgs
 from timm_pnnh.models._factory import (
-    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, check_choice, check_model_kwargs, check_ratio, coder_width, deployable, signed_dirac_)
+    CODER_INITS, DEPLOY_FORMS, MAX_CODER_RATIO, Knobs, check_choice, check_model_kwargs, check_ratio, coder_width, deployable,
+    knob)
+from timm_pnnh.models.coders import LinearCoder
 
 __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS', 'CODER_ACTS', 'ARRANGEMENTS', 'SIZES',
            'check_pnnh_vit_args', 'pnnh_vit_coders', 'residual_to_pnnh_vit']
@@ -45,116 +46,44 @@ __all__ = ['LinearCoder', 'PnnhBlock', 'PlainBlock', 'SplitAct', 'PNNH_VIT_KNOBS
 CODER_ACTS = ('mlp', 'gelu', 'relu')
 ARRANGEMENTS = ('parallel', 'sequential')
 
-# defaults of the knobs the paper leaves open (docs/block.md): a C-wide Dirac coder through the MLP's
-# GELU, read from the raw tokens, in a parallel block with zero-initialised learner outputs. A small
-# ablation with an earlier training loop found the exact-identity signed Dirac coder (coder_ratio=2)
-# no better, so the cheaper coder is the default; that ablation is no longer part of the package.
-PNNH_VIT_KNOBS: Dict[str, Any] = dict(
-    coder_ratio=1.0, coder_init='dirac', coder_act='mlp', coder_norm=False, arrangement='parallel',
-    zero_init_last=True, deploy_form='side_by_side')
+
+
+@dataclass(frozen=True)
+class PnnhVitKnobs(Knobs):
+    """The knobs the paper leaves open (docs/block.md "Knobs"), one field each (default, check, meaning),
+    checked once when made. Defaults: a C-wide Dirac coder through the MLP's GELU, read from the raw tokens,
+    in a parallel block with zero-initialised learner outputs; the C-wide coder over the exact-identity
+    signed Dirac one (coder_ratio=2) is a cost choice (docs/block.md). ``create_model`` makes one per model
+    and every block reads it. Adding a knob is one field here plus its use in ``PnnhBlock``."""
+    coder_ratio: float = knob(1.0, lambda n, v: check_ratio(n, v, 0.0, MAX_CODER_RATIO), 'coder width / C')
+    coder_init: str = knob('dirac', lambda n, v: check_choice(n, v, CODER_INITS), "the coder's initialisation")
+    coder_act: str = knob('mlp', lambda n, v: check_choice(n, v, CODER_ACTS), "the coder's act ('mlp': the MLP's)")
+    arrangement: str = knob('parallel', lambda n, v: check_choice(n, v, ARRANGEMENTS),
+                            "'parallel': one coder beside attention and MLP; 'sequential': one beside each")
+    coder_norm: bool = knob(False, lambda n, v: check_choice(n, v, (False, True)), 'the coder reads the normed tokens')
+    zero_init_last: bool = knob(True, lambda n, v: check_choice(n, v, (False, True)),
+                                "zero the learner's last projections (the block starts as its coder)")
+    deploy_form: str = knob('side_by_side', lambda n, v: check_choice(n, v, DEPLOY_FORMS),
+                            "what ``reparameterize()`` folds a block into")
+
+
+# the knob defaults, by name
+PNNH_VIT_KNOBS: Dict[str, Any] = asdict(PnnhVitKnobs())
 
 # the registered sizes (as timm's vit_tiny/small/base; each entrypoint below writes its architecture)
 SIZES = ('tiny', 'small', 'base')
 SMALL_IMAGE_SIZES = ('tiny', 'small')
 
-# what each knob allows, in the order the checks run (a call with several bad knobs names the first)
-_KNOB_CHECKS: Dict[str, Callable[[Any], Any]] = dict(
-    coder_ratio=lambda v: check_ratio('coder_ratio', v, 0.0, MAX_CODER_RATIO),
-    coder_init=lambda v: check_choice('coder_init', v, CODER_INITS),
-    coder_act=lambda v: check_choice('coder_act', v, CODER_ACTS),
-    arrangement=lambda v: check_choice('arrangement', v, ARRANGEMENTS),
-    coder_norm=lambda v: check_choice('coder_norm', v, (False, True)),
-    zero_init_last=lambda v: check_choice('zero_init_last', v, (False, True)),
-    deploy_form=lambda v: check_choice('deploy_form', v, DEPLOY_FORMS),
-)
 
 
 def check_pnnh_vit_args(**knobs: Any) -> None:
     """Validate the PNNH ViT knobs given (names from ``PNNH_VIT_KNOBS``); raise ValueError naming the bad
     one, its value and what is allowed."""
-    unknown = sorted(set(knobs) - set(_KNOB_CHECKS))
+    unknown = sorted(set(knobs) - set(PNNH_VIT_KNOBS))
     if unknown:
         raise TypeError(f'check_pnnh_vit_args: unknown knob {", ".join(unknown)}; '
                         f'the knobs are {", ".join(PNNH_VIT_KNOBS)}')
-    for name, check in _KNOB_CHECKS.items():
-        if name in knobs:
-            check(knobs[name])
-
-
-class LinearCoder(nn.Module):
-    """The weight-sharing linear coder of a PNNH Transformer block: ``E^T act(E x)``.
-
-    One Parameter ``weight`` = ``E`` of shape (C_c, C). The encoder is ``F.linear(x, E)``, the decoder
-    ``F.linear(h, E.t())`` -- the *same* storage, transposed, so the decoder costs no parameters.
-
-    Inits (``init``):
-
-    * ``'dirac'``: the signed identity ``E = [I ; -I]`` (rows ``e_i`` then ``-e_i``), cut to C_c rows.
-      Tokens are signed, and for any ``act`` with ``act(u) - act(-u) = u`` (ReLU, GELU, SiLU)
-      ``E^T act(E x) = act(x) - act(-x) = x`` exactly when C_c = 2C. With C_c = C it is ``act(x)``:
-      ReLU drops the negative half of every token, GELU bends it.
-    * ``'orthogonal'``: orthonormal columns (C_c >= C) or rows (C_c < C) from ``nn.init.orthogonal_``,
-      scaled by ``sqrt(2)`` or ``sqrt(2 C / C_c)``;
-    * ``'kaiming'``: i.i.d. normal entries of variance ``2 / C_c``.
-
-    Both random inits are scaled so that ``E^T act(E x)`` is ``x`` in expectation over E for ReLU and
-    GELU (``E[e act(e.x)] = var * x * E[act'] = var * x / 2`` per row, Stein's lemma).
-
-    In training (``recompute`` True) the code is recomputed in backward instead of saved
-    (``torch.utils.checkpoint``): the coder keeps only its input, which the block's LayerNorm or MLP
-    keeps anyway, so a PNNH block saves what timm's residual ``Block`` saves, for one more
-    ``E x`` and ``act`` in backward. Not under ``torch.compile`` (the compiler chooses what to recompute),
-    TorchScript or an fx trace.
-    """
-    recompute = True
-
-    def __init__(self, dim: int, coder_dim: int, init: str = 'dirac', act_layer: Type[nn.Module] = nn.GELU,
-                 device=None, dtype=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(coder_dim, dim, device=device, dtype=dtype))
-        self.act = act_layer()
-        self.init = init
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        coder_dim, dim = self.weight.shape
-        with torch.no_grad():
-            if self.init == 'dirac':
-                signed_dirac_(self.weight)
-            elif self.init == 'orthogonal':
-                nn.init.orthogonal_(self.weight)
-                self.weight.mul_(math.sqrt(2.0 * dim / coder_dim) if coder_dim < dim else math.sqrt(2.0))
-            else:
-                nn.init.normal_(self.weight, std=math.sqrt(2.0 / coder_dim))
-
-    def init_weights(self) -> None:
-        """Called by timm's ViT weight init (which would otherwise leave a non-Linear module alone)."""
-        self.reset_parameters()
-
-    @property
-    def decoder_weight(self) -> torch.Tensor:
-        """The decoder's weight: ``E`` transposed, a view of the encoder's storage."""
-        return self.weight.t()
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
-
-    def decode(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.weight.t())
-
-    def code(self, x: torch.Tensor) -> torch.Tensor:
-        """``E^T act(E x)``."""
-        return self.decode(self.act(self.encode(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # TorchScript drops this branch
-            if self.recompute and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling() \
-                    and not is_fx_symbolic_tracing():
-                return checkpoint(self.code, x, use_reentrant=False)
-        return self.code(x)
-
-    def extra_repr(self) -> str:
-        return f'{self.weight.shape[1]} -> {self.weight.shape[0]} -> {self.weight.shape[1]}, init={self.init}'
+    PnnhVitKnobs(**knobs)
 
 
 class SplitAct(nn.Module):
@@ -222,8 +151,8 @@ class PnnhBlock(Block):
     for the signed-Dirac E with C_c = 2C is exactly the identity map -- through a learnable
     weight and a non-linearity, not a skip. The default is the C-wide Dirac coder, ``E = I``, whose
     output at initialisation is ``GELU(x)``: it keeps the positive half of each token and damps the
-    negative half, and it trained as well as the exact signed-Dirac identity (within seed noise) at
-    fewer parameters in our ablation. With ``coder_norm=True`` and ``coder_act='mlp'`` the
+    negative half, at half the coder parameters of the exact signed-Dirac identity (why it is the
+    default: docs/block.md, "Choices and what they rest on"). With ``coder_norm=True`` and ``coder_act='mlp'`` the
     parallel coder reads the MLP's input, and the block folds into a plain parallel block whose MLP
     is ``[E ; W1]`` -> act -> ``[E^T | W2]`` (C_c + H hidden units): the paper's weight-sharing coder
     and learner as one plain layer pair with part of its weights shared (``reparameterize()`` builds it;
@@ -242,30 +171,26 @@ class PnnhBlock(Block):
             self,
             dim: int,
             num_heads: int,
-            coder_ratio: float = PNNH_VIT_KNOBS['coder_ratio'],
-            coder_init: str = PNNH_VIT_KNOBS['coder_init'],
-            coder_act: str = PNNH_VIT_KNOBS['coder_act'],
-            coder_norm: bool = PNNH_VIT_KNOBS['coder_norm'],
-            arrangement: str = PNNH_VIT_KNOBS['arrangement'],
-            zero_init_last: bool = PNNH_VIT_KNOBS['zero_init_last'],
-            deploy_form: str = PNNH_VIT_KNOBS['deploy_form'],
+            knobs: Optional[PnnhVitKnobs] = None,
             act_layer: Type[nn.Module] = nn.GELU,
             device=None,
             dtype=None,
             **kwargs,
     ) -> None:
-        check_pnnh_vit_args(coder_ratio=coder_ratio, coder_init=coder_init, coder_act=coder_act, coder_norm=coder_norm,
-                            arrangement=arrangement, zero_init_last=zero_init_last, deploy_form=deploy_form)
+        knob_args = {name: kwargs.pop(name) for name in PNNH_VIT_KNOBS if name in kwargs}
+        if knobs is None or knob_args:  # a block built on its own: its knobs from its keyword arguments
+            knobs = replace(knobs or PnnhVitKnobs(), **knob_args)
         super().__init__(dim, num_heads, act_layer=act_layer, device=device, dtype=dtype, **kwargs)
-        coder_act_layer = act_layer if coder_act == 'mlp' else get_act_layer(coder_act)
-        coder_dim = coder_width(dim, coder_ratio, 'coder_ratio')
+        coder_act_layer = act_layer if knobs.coder_act == 'mlp' else get_act_layer(knobs.coder_act)
+        coder_dim = coder_width(dim, knobs.coder_ratio, 'coder_ratio')
+        coder_init = knobs.coder_init
         dd = {'device': device, 'dtype': dtype}
-        self.coder_norm = coder_norm
-        self.sequential = arrangement == 'sequential'
+        self.coder_norm = knobs.coder_norm
+        self.sequential = knobs.arrangement == 'sequential'
         self.coder = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd)
         self.coder2 = LinearCoder(dim, coder_dim, coder_init, coder_act_layer, **dd) if self.sequential else None
-        self.zero_learner = zero_init_last
-        self.deploy_form = deploy_form
+        self.zero_learner = knobs.zero_init_last
+        self.deploy_form = knobs.deploy_form
         self.inference_mode = False
         self.init_weights()
 
@@ -412,11 +337,11 @@ class PlainBlock(Block):
 class _PnnhBlockFn:
     """A ``block_fn`` for ``VisionTransformer`` that builds ``PnnhBlock`` with fixed PNNH knobs."""
 
-    def __init__(self, **knobs):
+    def __init__(self, knobs: PnnhVitKnobs):
         self.knobs = knobs
 
     def __call__(self, *args, **kwargs) -> PnnhBlock:
-        return PnnhBlock(*args, **kwargs, **self.knobs)
+        return PnnhBlock(*args, **kwargs, knobs=self.knobs)
 
 
 def _is_identity_act(act: nn.Module) -> bool:
@@ -475,10 +400,9 @@ def _create_vit(variant: str, pretrained: bool, model_args: Dict[str, Any], **kw
     fixed = dict(block_fn=f'the name sets its block ({block_fn.__name__})')
     check_model_kwargs(variant, kwargs, allowed | set(PNNH_VIT_KNOBS) if pnnh else allowed, fixed)
     if pnnh:
-        knobs = {name: kwargs.pop(name, default) for name, default in PNNH_VIT_KNOBS.items()}
-        check_pnnh_vit_args(**knobs)
-        coder_width(kwargs.get('embed_dim', 768), knobs['coder_ratio'], 'coder_ratio')
-        block_fn = _PnnhBlockFn(**knobs)
+        knobs = PnnhVitKnobs(**{name: kwargs.pop(name) for name in PNNH_VIT_KNOBS if name in kwargs})  # checked here
+        coder_width(kwargs.get('embed_dim', 768), knobs.coder_ratio, 'coder_ratio')
+        block_fn = _PnnhBlockFn(knobs)
     out_indices = kwargs.pop('out_indices', 3)
     model_cls = deployable(VisionTransformer, kwargs.pop('inference_mode', False))
     return build_model_with_hub(

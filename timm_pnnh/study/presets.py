@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import timm
 
 from timm_pnnh.bench import check_device
-from timm_pnnh.models.pnnh_resnet import CIFAR_DEPTHS
+from timm_pnnh.models.cifar_resnet import CIFAR_DEPTHS
 from timm_pnnh.training import Recipe
 
 FAMILIES = ('plain', 'residual', 'pnnh')
