@@ -29,6 +29,7 @@ from timm.utils.model import reparameterize_model
 from timm_pnnh.checkpoint import mismatches, read_checkpoint, state_dict_of
 from timm_pnnh.errors import UsageError, check_output_folder
 from timm_pnnh.files import build_folder, output_folder_kept
+from timm_pnnh.models import arch_of
 from timm_pnnh.models._converted import CONVERSIONS, ConversionError, add_coders
 from timm_pnnh.models.pnnh_resnet import pnnh_resnet_coders
 from timm_pnnh.models.pnnh_vit import pnnh_vit_coders
@@ -58,7 +59,7 @@ def _load(path: str, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[s
 
 def _model_args(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, int]:
     """num_classes, in_chans (and img_size for a ViT) of the net the weights belong to."""
-    vit = arch.startswith('vit_')
+    vit = arch_of(SOURCES[arch]) == 'vit'
     first, head = ('patch_embed.proj.weight', 'head.weight') if vit else ('conv1.weight', 'fc.weight')
     if first not in state_dict:
         raise ConversionError(f'the weights are not a timm {arch}: no {first!r}')
@@ -101,7 +102,7 @@ def convert_checkpoint(checkpoint: str, model: Optional[str] = None, pnnh_model:
         raise ConversionError(f'the weights do not fit timm {arch}: {problem}')
     residual.load_state_dict(state_dict)
     pnnh = timm.create_model(name, **args).eval()
-    coders = (pnnh_vit_coders if arch.startswith('vit_') else pnnh_resnet_coders)(pnnh)
+    coders = (pnnh_vit_coders if arch_of(name) == 'vit' else pnnh_resnet_coders)(pnnh)
     pnnh.load_state_dict(add_coders(state_dict, pnnh, coders))
 
     cfg = pnnh.pretrained_cfg

@@ -32,7 +32,7 @@ import timm_pnnh
 from timm_pnnh.checkpoint import mismatches, read_checkpoint, state_dict_of
 from timm_pnnh.errors import UsageError, check_output_folder
 from timm_pnnh.files import build_folder, output_folder_kept, markdown_table
-from timm_pnnh.models import registered_models
+from timm_pnnh.models import arch_of, family_of, registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 from timm_pnnh.models._converted import CONVERSIONS
 from timm_pnnh.schema import VALIDATE_RESULT, anything, check_json, read_json
@@ -157,23 +157,26 @@ def render_card(template: str, values: Dict[str, Any]) -> str:
 
 
 CODERS = {
-    'pnnh_resnet': 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution with '
-                   'the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
-                   'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
-                   'BatchNorms and keeps learner and coder side by side, with no identity term. As in the '
-                   'paper\'s Figure 2, the blocks that change stride or width keep the original residual block.',
-    'pnnh_vit': 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) around a '
-                'GELU, in place of the residual stream beside attention and MLP, whose last projections start at '
-                'zero; at deployment LayerScale folds into the projections and no term is the block input.',
-    'plain_': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
-              'removed, and no coder.',
-    'cifar_': 'this model is a residual baseline of the comparison, with no coder.',
+    ('pnnh', 'resnet'): 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution '
+                        'with the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
+                        'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
+                        'BatchNorms and keeps learner and coder side by side, with no identity term. As in the '
+                        'paper\'s Figure 2, the blocks that change stride or width keep the original residual block.',
+    ('pnnh', 'vit'): 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) '
+                     'around a GELU, in place of the residual stream beside attention and MLP, whose last '
+                     'projections start at zero; at deployment LayerScale folds into the projections and no term is '
+                     'the block input.',
+    'plain': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
+             'removed, and no coder.',
+    'residual': 'this model is a residual baseline of the comparison, with no coder.',
+    'sasp': 'this model is the skipless SAS-P ViT baseline of the comparison, with no coder.',
 }
 
 
 def coder_description(architecture: str) -> str:
     """What the coder of ``architecture``'s family is (``CODERS``), for the model card."""
-    return next(text for prefix, text in CODERS.items() if architecture.startswith(prefix))
+    family = family_of(architecture)
+    return CODERS[(family, arch_of(architecture)) if family == 'pnnh' else family]
 
 
 def provenance(architecture: str, tag: str, meta: Dict[str, Any], train_config: str) -> Tuple[str, str]:
