@@ -1,7 +1,7 @@
 """``timm-pnnh report``: the "Results" section of a results page, generated from a study's ``study.json``;
 with ``--write-index``, the index of the results pages (the README's Results, the model card's Evaluation).
 
-Every verdict line is computed from the numbers (the paper's claims, PAPER.md): plain accuracy vs
+Every verdict line is computed from the numbers (the paper's claims, arXiv:2402.08645): plain accuracy vs
 depth, PNNH vs residual at equal depth, parameters at equal accuracy, training throughput ratio,
 input retention. Two rows are compared on their paired per-seed differences (the runs share seeds):
 ``d +- s`` is the mean and the standard deviation of those differences; "within 2 std" means
@@ -24,7 +24,7 @@ MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 INDEX_MARKERS = ('<!-- results-index:start -->', '<!-- results-index:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
 PAPER_PARAM_EFFICIENCY = 2.0  # "up to 2x better parameter efficiency"
-REPVGG_DEPLOY = 1.5  # ANCHORS.md: RepVGG deploys 1.5-2x faster than the ResNet of its accuracy
+REPVGG_DEPLOY = 1.5  # RepVGG (arXiv:2101.03697) deploys 1.5-2x faster than the ResNet of its accuracy
 
 
 def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> str:
@@ -443,7 +443,7 @@ def register(subparsers) -> None:
     parser.add_argument('--from', dest='source', default='output/study-quick/study.json', help='a study.json')
     parser.add_argument('--write-readme', metavar='FILE', default=None,
                         help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file '
-                             '(any file with them: the results page docs/results.md, a README)')
+                             '(any file with them: a results page docs/results-PRESET.md, a README)')
     parser.add_argument('--write-index', metavar='FILE', action='append', default=[],
                         help=f'write the index of the results pages (each preset\'s "In short" line, the longest '
                              f'schedule first) between the {INDEX_MARKERS[0]} / {INDEX_MARKERS[1]} markers of this '

@@ -1,7 +1,7 @@
 """A short, seeded training run on in-memory tensors, built from timm's parts.
 
-Used by the study (``timm-pnnh study``). The recipe (PAPER.md's first
-measurement): SGD with Nesterov momentum 0.9, weight decay 5e-4, peak lr 0.1 with linear warm-up over
+Used by the study (``timm-pnnh study``). The recipe (the paper's first
+measurement, arXiv:2402.08645): SGD with Nesterov momentum 0.9, weight decay 5e-4, peak lr 0.1 with linear warm-up over
 the first 10% of the steps and cosine decay (timm's ``CosineLRScheduler``, stepped per update), batch
 128; ``opt='adamw'`` for the study's ViT rows. ``channels_last`` and bf16 autocast are the recipe's too
 (on CPU channels_last is what makes the memory-bound 1x1 coder convolutions affordable: docs/speed.md).
