@@ -1,4 +1,4 @@
-"""Every command that reads a checkpoint reads it through ``errors.read_checkpoint`` / ``check_checkpoint_file``:
+"""Every command that reads a checkpoint reads it through ``checkpoint.read_checkpoint`` / ``check_checkpoint_file``:
 a missing, empty, truncated or foreign file ends the command with one line naming the parameter and the file,
 exit code 2, and no traceback, whichever command it is."""
 import os
@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from timm_pnnh.errors import UsageError, check_checkpoint_file, read_checkpoint
+from timm_pnnh.checkpoint import check_checkpoint_file, read_checkpoint
+from timm_pnnh.errors import UsageError
 from timm_pnnh.run import checkpoint_arguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,3 +140,21 @@ def test_run_names_the_scripts_option_and_does_not_start_the_script(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("python -m timm_pnnh.run: error: --resume='empty.pth.tar' is empty "
                                                    '(0 bytes): give a checkpoint'), proc.stderr
     assert not (tmp_path / 'ran').exists()
+
+
+def test_one_module_extracts_compares_and_writes(tmp_path):
+    from timm_pnnh.checkpoint import mismatches, save_checkpoint, state_dict_of
+    w = torch.zeros(2, 3)
+    wrapped = {'state_dict': {'module.fc.weight': w}, 'state_dict_ema': {'fc.weight': w + 1}, 'epoch': 3}
+    assert list(state_dict_of(wrapped, 'state_dict')) == ['fc.weight']  # DataParallel's prefix removed
+    assert state_dict_of(wrapped, 'model') is None and state_dict_of(w, 'state_dict') is None
+    assert torch.equal(state_dict_of(wrapped)['fc.weight'], w + 1)  # timm's order: the EMA first
+    model = {'fc.weight': torch.zeros(2, 4), 'fc.bias': torch.zeros(2)}
+    given = {'fc.weight': w, 'head.bias': w}
+    assert mismatches(model, model) == ''
+    assert mismatches(model, given) == ("1 missing keys ['fc.bias'], 1 unexpected keys ['head.bias'], "
+                                        "1 shape mismatches ['fc.weight: checkpoint (2, 3) vs model (2, 4)']")
+    assert mismatches(model, given, shapes=False, ignore=('fc.', 'head.')) == ''
+    save_checkpoint({'state_dict': model}, tmp_path / 'c.pth')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['c.pth']  # no temporary file left
+    assert read_checkpoint('--checkpoint', str(tmp_path / 'c.pth'))['state_dict'].keys() == model.keys()

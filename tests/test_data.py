@@ -5,7 +5,8 @@ import os
 import pytest
 from timm.data import create_dataset
 
-from timm_pnnh.data import DEBIAN_DIR, FILES, main, prepare_fashion_mnist
+from timm_pnnh.data import DEBIAN_DIR, FILES, main, prepare_fashion_mnist, require_fashion_mnist
+from timm_pnnh.errors import UsageError
 
 DEBIAN_FASHION_MNIST = str(DEBIAN_DIR)
 FASHION_MNIST_FILES = FILES
@@ -40,6 +41,31 @@ def test_incomplete_source_is_an_error_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / 'root'), '--source', source])
     assert info.value.code == 2 and 'Missing: t10k-labels-idx1-ubyte' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST),
+                    reason=f'{DEBIAN_FASHION_MNIST} is absent (Debian package dataset-fashion-mnist)')
+def test_truncated_gz_is_one_line_naming_the_file(tmp_path, capsys):
+    # a temporary copy of the real archive, cut in half: the installed files are never touched
+    name = FASHION_MNIST_FILES[1] + '.gz'
+    whole = (DEBIAN_DIR / name).read_bytes()
+    source = tmp_path / 'src'
+    source.mkdir()
+    for other in FASHION_MNIST_FILES:
+        (source / (other + '.gz')).write_bytes(whole[:len(whole) // 2] if other + '.gz' == name else
+                                               gzip.compress(other.encode()))
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / 'root'), '--source', str(source)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and 'Traceback' not in err and str(source / name) in err
+    assert FASHION_MNIST_FILES[1] not in os.listdir(tmp_path / 'root' / 'FashionMNIST' / 'raw')
+    raw = tmp_path / 'data' / 'FashionMNIST' / 'raw'  # --data-dir: the archive found in the layout itself
+    raw.mkdir(parents=True)
+    (raw / name).write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UsageError, match='is truncated or damaged') as info:
+        require_fashion_mnist(tmp_path / 'data')
+    assert str(raw / name) in str(info.value) and '\n' not in str(info.value)
+    assert not [n for n in os.listdir(raw) if n.startswith('.')]  # no half-written file
 
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST),

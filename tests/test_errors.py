@@ -11,7 +11,8 @@ import torch
 
 from timm_pnnh import catalog, data
 from timm_pnnh.cli import main
-from timm_pnnh.errors import UsageError, load_weights, read_checkpoint
+from timm_pnnh.checkpoint import load_weights, read_checkpoint
+from timm_pnnh.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MODEL = "--model='nonexistent_model' is not a timm model; see `timm-pnnh models --names-only`"
@@ -54,11 +55,11 @@ CASES = [
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{missing}'], r"--checkpoint='.*missing.pth': no such file"),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{folder}'], r"--checkpoint='.*' is not a file"),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{other_arch}'],
-     r"--checkpoint='.*resnet32.pth' is a checkpoint of another architecture than cifar_resnet20: 0 missing keys "
-     r"\[\], 72 unexpected keys \['layer1.3.bn1.bias', .*is --model='cifar_resnet20' with --num-classes=10"),
+     r"--checkpoint='.*resnet32.pth' is a checkpoint of another architecture than cifar_resnet20: "
+     r"72 unexpected keys \['layer1.3.bn1.bias', .*is --model='cifar_resnet20' with --num-classes=10"),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--num-classes', '5', '--checkpoint', '{resnet20}'],
      r"--checkpoint='.*resnet20.pth' is a checkpoint of another architecture .* 2 shape mismatches"
-     r' \[.fc.weight \(10, 64\) vs \(5, 64\)'),
+     r' \[.fc.weight: checkpoint \(10, 64\) vs model \(5, 64\)'),
     ([*DIAGNOSE, '--model', 'cifar_resnet20', '--checkpoint', '{damaged}'],
      r"--checkpoint='.*damaged.pth' is truncated \(2,000 bytes; the end of its zip archive.* is missing\): give a "
      r'checkpoint written by torch.save'),

@@ -411,3 +411,12 @@ def test_the_card_says_what_the_weights_are_and_describes_the_family(architectur
         assert phrase in text, (phrase, text)
     if meta:
         assert 'train_configs/x.yaml' not in text and 'were trained by timm-pnnh' not in text
+
+
+def test_every_registered_name_has_a_card_description():
+    from timm_pnnh.models import arch_of, family_of, registered_models
+    for name in registered_models():
+        assert hub.coder_description(name) == hub.coder_description(f'{name}.sometag')
+    assert arch_of('sasp_vit_tiny_patch4_32') == arch_of('cifar_vit_tiny_patch4_32') == 'vit'
+    assert (family_of('cifar_resnet20'), arch_of('cifar_resnet20')) == ('residual', 'resnet')
+    assert 'SAS-P' in hub.coder_description('sasp_vit_tiny_patch4_32')

@@ -10,7 +10,7 @@ import timm
 
 import timm_pnnh  # noqa: F401
 from timm_pnnh import data, report, study, training
-from timm_pnnh.study import runs
+from timm_pnnh.study import runs, summary
 from timm_pnnh.cli import main
 
 
@@ -267,6 +267,22 @@ def test_report_writes_the_readme_section_atomically(small_study, tmp_path, caps
     readme.write_text('no markers')
     assert re.match('--write-readme=.*no <!-- results:start -->',
                     usage_error(['report', '--from', tmp_path / 'out' / 'study.json', '--write-readme', readme]))
+
+
+def test_report_on_rows_that_share_no_seed_reports_them_unpaired(small_study, tmp_path, capsys):
+    # finished rows whose baseline ran other seeds (e.g. --finished-only mid-study): no paired
+    # difference exists, so the report says so instead of ending in paired()'s ValueError
+    for row in small_study['summary']:
+        if row['family'] == 'residual':
+            row['seeds'] = [3, 4, 5]
+    (tmp_path / 'study.json').write_text(json.dumps(small_study))
+    assert main(['report', '--from', str(tmp_path / 'study.json')]) == 0
+    printed = capsys.readouterr().out
+    assert ('pnnh-56 (seeds 0, 1, 2) and residual-56 (seeds 3, 4, 5) share no seed, so they are not compared'
+            in printed)
+    assert '**Plain vs residual at depth 56**: plain-56 (seeds 0, 1, 2) and residual-56' in printed
+    assert 'plain-56 vs plain-20: -43.0 +- 4.9 points over 3 seeds' in printed  # rows that do share seeds still compared
+    assert 'not compared: ' in summary.quick_note(small_study['summary'], steps=10)
 
 
 def test_tiny_study_end_to_end(fake_fashion_mnist, tmp_path, capsys):

@@ -23,12 +23,13 @@ from typing import Dict, Optional, Tuple
 import timm
 import torch
 from timm.models import split_model_name_tag
-from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 from timm.utils.model import reparameterize_model
 
-from timm_pnnh.errors import UsageError, check_output_folder, read_checkpoint
+from timm_pnnh.checkpoint import mismatches, read_checkpoint, state_dict_of
+from timm_pnnh.errors import UsageError, check_output_folder
 from timm_pnnh.files import build_folder, output_folder_kept
+from timm_pnnh.models import arch_of
 from timm_pnnh.models._converted import CONVERSIONS, ConversionError, add_coders
 from timm_pnnh.models.pnnh_resnet import pnnh_resnet_coders
 from timm_pnnh.models.pnnh_vit import pnnh_vit_coders
@@ -42,7 +43,7 @@ MAX_RELATIVE_ERROR = 1e-5
 
 def _load(path: str, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
     """The state dict and the ``arch`` recorded in the checkpoint (train.py), if any; the file is read by
-    ``errors.read_checkpoint`` (a missing, empty, truncated or foreign file is a UsageError)."""
+    ``checkpoint.read_checkpoint`` (a missing, empty, truncated or foreign file is a UsageError)."""
     checkpoint = read_checkpoint('--checkpoint', path)
     if not isinstance(checkpoint, dict):
         raise ConversionError(f'--checkpoint {path}: a {type(checkpoint).__name__}, not a state dict or checkpoint')
@@ -50,15 +51,15 @@ def _load(path: str, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[s
         return checkpoint, None
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if key in checkpoint:
-        return clean_state_dict(checkpoint[key]), checkpoint.get('arch')
+        return state_dict_of(checkpoint, key), checkpoint.get('arch')
     if use_ema or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ConversionError(f'--checkpoint {path}: no {key!r} entry; found: {", ".join(sorted(map(str, checkpoint)))}')
-    return clean_state_dict(checkpoint), None
+    return state_dict_of(checkpoint), None
 
 
 def _model_args(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, int]:
     """num_classes, in_chans (and img_size for a ViT) of the net the weights belong to."""
-    vit = arch.startswith('vit_')
+    vit = arch_of(SOURCES[arch]) == 'vit'
     first, head = ('patch_embed.proj.weight', 'head.weight') if vit else ('conv1.weight', 'fc.weight')
     if first not in state_dict:
         raise ConversionError(f'the weights are not a timm {arch}: no {first!r}')
@@ -96,17 +97,12 @@ def convert_checkpoint(checkpoint: str, model: Optional[str] = None, pnnh_model:
                               f'(e.g. {SOURCES[arch]})')
     args = _model_args(arch, state_dict)
     residual = timm.create_model(arch, **args).eval()
-    missing, unexpected = (sorted(set(residual.state_dict()) - set(state_dict)),
-                           sorted(set(state_dict) - set(residual.state_dict())))
-    if missing or unexpected:
-        raise ConversionError(f'the weights do not fit timm {arch}: {len(missing)} missing keys {missing[:6]}, '
-                              f'{len(unexpected)} unexpected keys {unexpected[:6]}')
-    try:
-        residual.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise ConversionError(f'the weights do not fit timm {arch}: {e}') from e
+    problem = mismatches(residual.state_dict(), state_dict, first=6)
+    if problem:
+        raise ConversionError(f'the weights do not fit timm {arch}: {problem}')
+    residual.load_state_dict(state_dict)
     pnnh = timm.create_model(name, **args).eval()
-    coders = (pnnh_vit_coders if arch.startswith('vit_') else pnnh_resnet_coders)(pnnh)
+    coders = (pnnh_vit_coders if arch_of(name) == 'vit' else pnnh_resnet_coders)(pnnh)
     pnnh.load_state_dict(add_coders(state_dict, pnnh, coders))
 
     cfg = pnnh.pretrained_cfg

@@ -14,6 +14,7 @@ import gzip
 import os
 import shutil
 import sys
+import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -46,7 +47,9 @@ def prepare_fashion_mnist(root: Optional[os.PathLike] = None, source: Optional[o
     """Make ``root/FashionMNIST/raw/`` hold the four uncompressed IDX files; return ``root``.
 
     Looks in ``root/FashionMNIST/raw`` (plain or .gz), then in ``source`` (default: Debian's folder).
-    Raises FileNotFoundError with instructions, before writing anything, when a file is nowhere.
+    Raises FileNotFoundError with instructions, before writing anything, when a file is nowhere, and a
+    one-line UsageError naming the file when a source cannot be read to its end (a cut-off or damaged
+    .gz); the file being written is then not left behind.
     """
     root = Path(root) if root is not None else DEFAULT_ROOT
     raw = root / 'FashionMNIST' / 'raw'
@@ -59,8 +62,12 @@ def prepare_fashion_mnist(root: Optional[os.PathLike] = None, source: Optional[o
     raw.mkdir(parents=True, exist_ok=True)
     for name, src in sources.items():
         opener = gzip.open if src.suffix == '.gz' else open
-        with opener(src, 'rb') as fin:
-            atomic_write(raw / name, lambda fout: shutil.copyfileobj(fin, fout), binary=True)
+        try:
+            with opener(src, 'rb') as fin:
+                atomic_write(raw / name, lambda fout: shutil.copyfileobj(fin, fout), binary=True)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise UsageError(f'{str(src)!r} is truncated or damaged ({type(err).__name__}: {err}); '
+                             f'give an intact copy of {src.name}') from None
     return root
 
 
@@ -93,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(prepare_fashion_mnist(args.root, args.source) / 'FashionMNIST' / 'raw')
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UsageError) as err:
         parser.error(str(err))
     return 0
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_pnnh.errors import (UsageError, check_checkpoint_file, check_image_size, check_model, check_number,
-                              check_output_dir, load_weights)
+from timm_pnnh.checkpoint import check_checkpoint_file, load_weights
+from timm_pnnh.errors import UsageError, check_image_size, check_model, check_number, check_output_dir
 from timm_pnnh.files import atomic_write, markdown_table, save_figure, write_json
 
 MEASURES = ('r2', 'cka', 'alive')
@@ -328,7 +328,7 @@ def create_for_diagnosis(name: str, in_chans: int, img_size: int, num_classes: i
                          checkpoint: Optional[str] = None, unsafe_pickle: bool = False) -> nn.Module:
     """``timm.create_model`` at ``in_chans``; ``img_size`` is passed to models that take one (ViTs).
 
-    ``checkpoint`` is read with ``errors.load_weights``: safetensors, or ``torch.load(weights_only=True)``
+    ``checkpoint`` is read with ``checkpoint.load_weights``: safetensors, or ``torch.load(weights_only=True)``
     unless ``unsafe_pickle``.
     """
     check_model('--model', name)

@@ -26,13 +26,13 @@ from typing import Any, Dict, Optional, Tuple
 import timm
 import torch
 from timm.models import get_arch_pretrained_cfgs, model_entrypoint, split_model_name_tag
-from timm.models._helpers import clean_state_dict
 from timm.models._hub import save_for_hf
 
 import timm_pnnh
-from timm_pnnh.errors import UsageError, check_output_folder, read_checkpoint
+from timm_pnnh.checkpoint import mismatches, read_checkpoint, state_dict_of
+from timm_pnnh.errors import UsageError, check_output_folder
 from timm_pnnh.files import build_folder, output_folder_kept, markdown_table
-from timm_pnnh.models import registered_models
+from timm_pnnh.models import arch_of, family_of, registered_models
 from timm_pnnh.models._cfgs import hub_repo_id
 from timm_pnnh.models._converted import CONVERSIONS
 from timm_pnnh.schema import VALIDATE_RESULT, anything, check_json, read_json
@@ -92,12 +92,13 @@ def load_checkpoint_weights(path: str, use_ema: bool, unsafe_pickle: bool = Fals
     except UsageError as e:
         raise PublishError(str(e)) from None
     key = 'state_dict_ema' if use_ema else 'state_dict'
-    if not isinstance(checkpoint, dict) or checkpoint.get(key) is None:
+    state_dict = state_dict_of(checkpoint, key)
+    if state_dict is None:
         found = ', '.join(sorted(checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         hint = ' (train.py writes it with --model-ema)' if use_ema else ''
         raise PublishError(f'--checkpoint {path}: no {key!r} entry{hint}; found: {found}')
     meta = {k: v for k, v in checkpoint.items() if k not in ('state_dict', 'state_dict_ema', 'optimizer')}
-    return clean_state_dict(checkpoint[key]), meta
+    return state_dict, meta
 
 
 def _check_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], name: str) -> None:
@@ -107,15 +108,9 @@ def _check_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], 
     if classifier in state_dict and state_dict[classifier].shape[0] != num_classes:
         raise PublishError(f'num_classes mismatch: the checkpoint classifier {classifier} has '
                            f'{state_dict[classifier].shape[0]} classes, {name} has num_classes={num_classes}')
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise PublishError(f'the checkpoint does not match {name}: {len(missing)} missing keys {missing[:5]}, '
-                           f'{len(unexpected)} unexpected keys {unexpected[:5]}')
-    shapes = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
-              for k, v in state_dict.items() if v.shape != expected[k].shape]
-    if shapes:
-        raise PublishError(f'the checkpoint does not match {name}: {len(shapes)} shape mismatches, e.g. {shapes[:3]}')
+    problem = mismatches(expected, state_dict, first=5)
+    if problem:
+        raise PublishError(f'the checkpoint does not match {name}: {problem}')
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise PublishError(f'the checkpoint has non-finite values (nan/inf) in {len(bad)} tensors: {bad[:5]}')
@@ -162,23 +157,26 @@ def render_card(template: str, values: Dict[str, Any]) -> str:
 
 
 CODERS = {
-    'pnnh_resnet': 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution with '
-                   'the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
-                   'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
-                   'BatchNorms and keeps learner and coder side by side, with no identity term. As in the '
-                   'paper\'s Figure 2, the blocks that change stride or width keep the original residual block.',
-    'pnnh_vit': 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) around a '
-                'GELU, in place of the residual stream beside attention and MLP, whose last projections start at '
-                'zero; at deployment LayerScale folds into the projections and no term is the block input.',
-    'plain_': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
-              'removed, and no coder.',
-    'cifar_': 'this model is a residual baseline of the comparison, with no coder.',
+    ('pnnh', 'resnet'): 'each stride-1 block has a coder, a convolution E and its adjoint (the transposed convolution '
+                        'with the same weight tensor) around the block\'s non-linearity, beside a learner, an ordinary '
+                        'conv-norm-act-conv branch whose output starts at zero; at deployment the block folds its '
+                        'BatchNorms and keeps learner and coder side by side, with no identity term. As in the '
+                        'paper\'s Figure 2, the blocks that change stride or width keep the original residual block.',
+    ('pnnh', 'vit'): 'each transformer block has a coder, a linear map E and its transpose (the same Parameter) '
+                     'around a GELU, in place of the residual stream beside attention and MLP, whose last '
+                     'projections start at zero; at deployment LayerScale folds into the projections and no term is '
+                     'the block input.',
+    'plain': 'this model is a plain baseline of the comparison: the residual architecture with every shortcut '
+             'removed, and no coder.',
+    'residual': 'this model is a residual baseline of the comparison, with no coder.',
+    'sasp': 'this model is the skipless SAS-P ViT baseline of the comparison, with no coder.',
 }
 
 
 def coder_description(architecture: str) -> str:
     """What the coder of ``architecture``'s family is (``CODERS``), for the model card."""
-    return next(text for prefix, text in CODERS.items() if architecture.startswith(prefix))
+    family = family_of(architecture)
+    return CODERS[(family, arch_of(architecture)) if family == 'pnnh' else family]
 
 
 def provenance(architecture: str, tag: str, meta: Dict[str, Any], train_config: str) -> Tuple[str, str]:

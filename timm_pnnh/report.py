@@ -1,7 +1,7 @@
 """``timm-pnnh report``: the "Results" section of a results page, generated from a study's ``study.json``;
 with ``--write-index``, the index of the results pages (the README's Results, the model card's Evaluation).
 
-Every verdict line is computed from the numbers (the paper's claims, PAPER.md): plain accuracy vs
+Every verdict line is computed from the numbers (the paper's claims, arXiv:2402.08645): plain accuracy vs
 depth, PNNH vs residual at equal depth, parameters at equal accuracy, training throughput ratio,
 input retention. Two rows are compared on their paired per-seed differences (the runs share seeds):
 ``d +- s`` is the mean and the standard deviation of those differences; "within 2 std" means
@@ -17,13 +17,14 @@ from timm_pnnh.errors import UsageError, check_output_dir
 from timm_pnnh.files import atomic_write, check_markers, markdown_table, write_between_markers
 from timm_pnnh.schema import STUDY, read_json
 from timm_pnnh.study.command import INDEX_COMMAND, RESULTS_PAGES, results_study
-from timm_pnnh.study.summary import RETENTION_MARGIN, epochs_table, fmt_acc, fmt_paired, paired, study_table
+from timm_pnnh.study.summary import (RETENTION_MARGIN, epochs_table, fmt_acc, fmt_paired, paired, shares_seed, study_table,
+                                     unpaired)
 
 MARKERS = ('<!-- results:start -->', '<!-- results:end -->')
 INDEX_MARKERS = ('<!-- results-index:start -->', '<!-- results-index:end -->')
 PAPER_THROUGHPUT = 1.3  # "up to 0.3x higher training throughput"
 PAPER_PARAM_EFFICIENCY = 2.0  # "up to 2x better parameter efficiency"
-REPVGG_DEPLOY = 1.5  # ANCHORS.md: RepVGG deploys 1.5-2x faster than the ResNet of its accuracy
+REPVGG_DEPLOY = 1.5  # RepVGG (arXiv:2101.03697) deploys 1.5-2x faster than the ResNet of its accuracy
 
 
 def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> str:
@@ -61,7 +62,8 @@ def advantage(pnnh: Dict, residual: Dict, key: str) -> float:
 def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tuple[Dict, bool]]:
     """The residual row to compare ``pnnh`` with on ``key``: among the residual rows that reach its
     accuracy, the best on ``key`` (True); when none does, the most accurate residual row (False)."""
-    residual = [s for s in summary if s['family'] == 'residual' and s.get(key) is not None and s['arch'] == pnnh['arch']]
+    residual = [s for s in summary if s['family'] == 'residual' and s.get(key) is not None and s['arch'] == pnnh['arch']
+                and shares_seed(s, pnnh)]  # accuracy is compared paired over common seeds
     if not residual or pnnh.get(key) is None:
         return None
     reach = [r for r in residual if reaches(r, pnnh)]
@@ -161,7 +163,9 @@ def headline(study: Dict) -> str:
     said = []
     for (family, arch, depth), p in base.items():
         for r in (base.get((b, arch, depth)) for b in BASELINES[arch]):
-            if family == 'pnnh' and r is not None:
+            if family == 'pnnh' and r is not None and not shares_seed(p, r):
+                said.append(unpaired(p, r))
+            elif family == 'pnnh' and r is not None:
                 d, sd, _ = paired(p, r)
                 verdict = _judge(d, sd, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
                 said.append(f"{p['label']} vs {r['label']}: {fmt_paired(d, sd)} points, {verdict}")
@@ -198,7 +202,9 @@ def verdicts(study: Dict) -> List[str]:
 
     # 1. deep plain nets fail to train
     plain = [base[('plain', 'resnet', d)] for d in depths if ('plain', 'resnet', d) in base]
-    if len(plain) >= 2:
+    if len(plain) >= 2 and not shares_seed(plain[-1], plain[0]):
+        lines.append(f'**Plain accuracy vs depth**: {unpaired(plain[-1], plain[0])}.')
+    elif len(plain) >= 2:
         d, s, n = paired(plain[-1], plain[0])
         steps = ', '.join(f"{p['depth']}: {fmt_acc(p)}" for p in plain)
         verdict = _judge(d, s, 'not reproduced: the deeper plain net is better',
@@ -206,7 +212,10 @@ def verdicts(study: Dict) -> List[str]:
         lines.append(f"**Plain accuracy vs depth** ({steps}): plain-{plain[-1]['depth']} vs plain-{plain[0]['depth']}: "
                      f"{fmt_paired(d, s)} points over {n} seeds: {verdict}.")
     deepest = [d for d in depths if ('plain', 'resnet', d) in base and ('residual', 'resnet', d) in base]
-    if deepest:
+    if deepest and not shares_seed(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])]):
+        lines.append(f"**Plain vs residual at depth {deepest[-1]}**: "
+                     f"{unpaired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])}.")
+    elif deepest:
         d, s, n = paired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])
         verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
         lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {fmt_paired(d, s)} points: {verdict}.')
@@ -219,13 +228,18 @@ def verdicts(study: Dict) -> List[str]:
         p = base[('pnnh', arch, depth)]
         for family in (b for b in BASELINES[arch] if (b, arch, depth) in base):
             r = base[(family, arch, depth)]
+            if not shares_seed(p, r):
+                lines.append(f"**PNNH vs {family}**: {unpaired(p, r)}.")
+                continue
             d, s, n = paired(p, r)
             verdict = _judge(d, s, 'PNNH better by more than 2 std', 'PNNH worse by more than 2 std', 'on par within 2 std')
             lines.append(f"**PNNH vs {family}, {p['label']} vs {r['label']}**: {fmt_paired(d, s)} points ({fmt_acc(p)} vs "
                          f"{fmt_acc(r)}): {verdict}.")
     for p in (s for s in summary if s['family'] == 'pnnh' and s['model_kwargs']):
         r = base.get(('residual', p['arch'], p['depth']))
-        if r is not None:
+        if r is not None and not shares_seed(p, r):
+            lines.append(f"**{p['label']} vs {r['label']}**: {unpaired(p, r)}.")
+        elif r is not None:
             d, s, n = paired(p, r)
             verdict = _judge(d, s, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
             lines.append(f"**{p['label']} vs {r['label']}** ({p['params'] / 1e3:.0f}k vs {r['params'] / 1e3:.0f}k "
@@ -430,7 +444,7 @@ def register(subparsers) -> None:
     parser.add_argument('--from', dest='source', default='output/study-quick/study.json', help='a study.json')
     parser.add_argument('--write-readme', metavar='FILE', default=None,
                         help=f'write the section between the {MARKERS[0]} / {MARKERS[1]} markers of this file '
-                             '(any file with them: the results page docs/results.md, a README)')
+                             '(any file with them: a results page docs/results-PRESET.md, a README)')
     parser.add_argument('--write-index', metavar='FILE', action='append', default=[],
                         help=f'write the index of the results pages (each preset\'s "In short" line, the longest '
                              f'schedule first) between the {INDEX_MARKERS[0]} / {INDEX_MARKERS[1]} markers of this '

@@ -13,7 +13,7 @@ world size from the environment those launchers set.
 Before the script starts, the checkpoint files its options name (``--checkpoint`` of ``validate.py``
 and ``inference.py``; ``--resume``, ``--initial-checkpoint`` and ``--pretrained-path`` of
 ``train.py``) are checked as every ``timm-pnnh`` command checks a checkpoint
-(``errors.check_checkpoint_file``): a missing, empty, truncated or foreign file is one line on
+(``checkpoint.check_checkpoint_file``): a missing, empty, truncated or foreign file is one line on
 stderr naming the option and the file, exit code 2, instead of a traceback from inside the script.
 The file is not loaded by this check; the script loads it as it always does.
 
@@ -28,7 +28,8 @@ import runpy
 import sys
 from typing import List, Optional, Sequence
 
-from timm_pnnh.errors import UsageError, check_checkpoint_file
+from timm_pnnh.checkpoint import check_checkpoint_file
+from timm_pnnh.errors import UsageError
 
 # the options of timm's scripts that name a checkpoint file to load
 CHECKPOINT_OPTIONS = ('--checkpoint', '--resume', '--initial-checkpoint', '--pretrained-path')

@@ -1,7 +1,7 @@
 """A short, seeded training run on in-memory tensors, built from timm's parts.
 
-Used by the study (``timm-pnnh study``). The recipe (PAPER.md's first
-measurement): SGD with Nesterov momentum 0.9, weight decay 5e-4, peak lr 0.1 with linear warm-up over
+Used by the study (``timm-pnnh study``). The recipe (the paper's first
+measurement, arXiv:2402.08645): SGD with Nesterov momentum 0.9, weight decay 5e-4, peak lr 0.1 with linear warm-up over
 the first 10% of the steps and cosine decay (timm's ``CosineLRScheduler``, stepped per update), batch
 128; ``opt='adamw'`` for the study's ViT rows. ``channels_last`` and bf16 autocast are the recipe's too
 (on CPU channels_last is what makes the memory-bound 1x1 coder convolutions affordable: docs/speed.md).
@@ -23,7 +23,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import accuracy
 
-from timm_pnnh.files import atomic_write
+from timm_pnnh.checkpoint import save_checkpoint
 
 _logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def train_and_evaluate(
                              seconds=earlier_seconds + time.perf_counter() - tic)
                 if dev.type == 'cuda':
                     state['cuda_rng'] = torch.cuda.get_rng_state(dev)
-                atomic_write(checkpoint, lambda f: torch.save(state, f), binary=True)
+                save_checkpoint(state, checkpoint)
     test_acc = evaluate(model, *test, recipe.eval_batch_size, recipe)
     if eval_every:
         curve.append(dict(step=step + 1 if diverged_step is None else diverged_step, test_acc=test_acc,
@@ -232,7 +232,9 @@ def train_and_evaluate(
 
 
 def _read_state(path: os.PathLike, identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The training state at ``path`` when it is one of the run ``identity`` names; None otherwise."""
+    """The training state at ``path`` when it is one of the run ``identity`` names; None otherwise.
+    Not ``checkpoint.read_checkpoint``: a state file this module wrote that cannot be read is no user
+    error but a run to start over, so any failure to load it means None."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:

@@ -26,6 +26,8 @@ from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._registry import get_arch_pretrained_cfgs
 
+from timm_pnnh.checkpoint import checkpoint_problem
+
 __all__ = [
     'HUB_ORG', 'WEIGHTS_FILE', 'PUBLISHED', 'PAPER_ID', 'PAPER_NAME', 'FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_LABELS',
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'WeightsNotPublishedError', 'PretrainedLoadError', 'hub_repo_id', 'hub_cfgs',
@@ -89,6 +91,14 @@ def _where(cfg) -> str:
     return f'Hugging Face Hub repository {cfg.hf_hub_id} ({cfg.hf_hub_filename or WEIGHTS_FILE})'
 
 
+def _check_local_file(name: str, path: str, where: str) -> None:
+    """A local weight file is judged by ``checkpoint.checkpoint_problem`` (its framing, nothing loaded)
+    before timm reads it, so an empty, cut-off or foreign file is named as such."""
+    problem = checkpoint_problem(path)
+    if problem:
+        raise PretrainedLoadError(f'{name}: cannot read the pretrained weights from {where}: it {problem}')
+
+
 def check_pretrained_source(
         variant: str,
         pretrained_cfg: Optional[Any] = None,
@@ -110,6 +120,7 @@ def check_pretrained_source(
         weights = os.path.join(cfg.file or '', WEIGHTS_FILE)
         if not os.path.isfile(weights):
             raise FileNotFoundError(f'{name}: local-dir:{cfg.file} has no {WEIGHTS_FILE} (only safetensors weights are loaded)')
+        _check_local_file(name, weights, _where(cfg))
         return overlay, _where(cfg)
     if cfg.file:
         if not str(cfg.file).endswith('.safetensors'):
@@ -117,6 +128,7 @@ def check_pretrained_source(
                              f'only .safetensors weight files are loaded (no pickle)')
         if not os.path.isfile(cfg.file):
             raise FileNotFoundError(f'{name}: pretrained weight file {cfg.file} does not exist')
+        _check_local_file(name, cfg.file, _where(cfg))
         return overlay, _where(cfg)
     if cfg.url and not cfg.hf_hub_id:
         raise ValueError(f'{name}: url={cfg.url!r} is not allowed: weights load from the Hugging Face Hub '

@@ -34,6 +34,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from timm.models._pretrained import PretrainedCfg
 
+from timm_pnnh.checkpoint import mismatches
 from timm_pnnh.models._cfgs import PretrainedLoadError, WEIGHTS_FILE, _where
 
 __all__ = ['Conversion', 'CONVERSIONS', 'ConversionError', 'converted_cfgs', 'add_coders', 'convert_state_dict']
@@ -99,13 +100,11 @@ def add_coders(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, code
                ignore: tuple = ()) -> Dict[str, torch.Tensor]:
     """``state_dict`` plus ``coders``, after checking that its keys are exactly the residual net's:
     the model's keys less the coders (keys starting with ``ignore``, the classifier, are timm's to adapt)."""
-    expected = set(model.state_dict()) - set(coders)
-    given = set(state_dict)
-    missing = sorted(k for k in expected - given if not k.startswith(ignore))
-    unexpected = sorted(k for k in given - expected if not k.startswith(ignore))
-    if missing or unexpected:
-        raise ConversionError(f'not the residual net of this model: {len(missing)} missing keys {missing[:6]}, '
-                              f'{len(unexpected)} unexpected keys {unexpected[:6]}')
+    expected = {k: v for k, v in model.state_dict().items() if k not in coders}
+    # keys only: shapes are load_state_dict's to check, after timm adapts what it adapts (pos_embed, classifier)
+    problem = mismatches(expected, state_dict, ignore=ignore, shapes=False, first=6)
+    if problem:
+        raise ConversionError(f'not the residual net of this model: {problem}')
     ref = next(iter(state_dict.values()))
     return {**state_dict, **{k: v.to(ref.device) for k, v in coders.items()}}
 
@@ -125,7 +124,7 @@ def _load_error(model: torch.nn.Module, error: Exception) -> PretrainedLoadError
 
 def _same_keys(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, ignore: tuple) -> bool:
     """The state dict has the model's keys (those starting with ``ignore`` aside): nothing to add."""
-    return {k for k in state_dict if not k.startswith(ignore)} == {k for k in model.state_dict() if not k.startswith(ignore)}
+    return not mismatches(model.state_dict(), state_dict, ignore=ignore, shapes=False)
 
 
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module,

@@ -92,8 +92,21 @@ def epochs_table(summary: Sequence[Dict]) -> str:
 RETENTION_MARGIN = 0.05  # R^2 gap counted as a difference in the retention verdicts
 
 
+def shares_seed(a: Dict, b: Dict) -> bool:
+    """Whether rows ``a`` and ``b`` ran a seed in common, so that ``paired`` can compare them."""
+    return bool(set(a['seeds']) & set(b['seeds']))
+
+
+def unpaired(a: Dict, b: Dict) -> str:
+    """Why rows ``a`` and ``b`` are not compared (they share no seed), as a phrase for the report."""
+    return (f"{a['label']} (seeds {', '.join(map(str, a['seeds']))}) and {b['label']} (seeds "
+            f"{', '.join(map(str, b['seeds']))}) share no seed, so they are not compared (a paired difference "
+            f"needs the same seeds; finishing the missing runs pairs them)")
+
+
 def paired(a: Dict, b: Dict) -> Tuple[float, Optional[float], int]:
-    """Mean and std of ``a - b`` test accuracy over the seeds both rows ran; std None below 2 seeds."""
+    """Mean and std of ``a - b`` test accuracy over the seeds both rows ran; std None below 2 seeds.
+    Callers check ``shares_seed`` first: rows without a common seed are a ValueError here."""
     acc_b = dict(zip(b['seeds'], b['test_accs']))
     diffs = [acc - acc_b[seed] for seed, acc in zip(a['seeds'], a['test_accs']) if seed in acc_b]
     if not diffs:
@@ -146,6 +159,9 @@ def quick_note(summary: Sequence[Dict], steps: int) -> str:
     lines = []
 
     def compare(a, b, agrees, agreeing, disagreeing):
+        if not shares_seed(a, b):
+            lines.append(f'- not compared: {unpaired(a, b)}.')
+            return
         d, s, _ = paired(a, b)
         ok = agrees(d, s)
         lines.append(f"- {'agrees' if ok else 'disagrees'}: {a['label']} vs {b['label']} {fmt_paired(d, s)} points: "
