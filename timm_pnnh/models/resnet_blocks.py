@@ -35,7 +35,19 @@ class ResidualBottleneck(_FoldBatchNorms, Bottleneck):
     ``ResidualBasicBlock``)."""
 
 
-class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
+class _NoShortcut(_FoldBatchNorms):
+    """What the plain blocks change in timm's blocks besides ``forward``: no ``downsample`` projection
+    (the strided first conv downsamples) and no zero-init of the last BatchNorm (it would zero the
+    signal, with no shortcut to carry it)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
+        super().__init__(inplanes, planes, stride, None, **kwargs)
+
+    def zero_init_last(self) -> None:
+        pass
+
+
+class PlainBasicBlock(_NoShortcut, BasicBlock):
     """timm's ``BasicBlock`` with its shortcut removed: ``act(BN2(conv(act(BN1(conv(x))))))``.
 
     The plain baseline. A block that changes stride or width downsamples with its own strided first
@@ -43,13 +55,6 @@ class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
     (zeroing the last BN would zero the whole signal), and ``drop_path`` drops the block's output,
     which is what removing the add and nothing else leaves.
     """
-
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
-        super().__init__(inplanes, planes, stride, None, **kwargs)
-
-    def zero_init_last(self) -> None:
-        pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -66,14 +71,8 @@ class PlainBasicBlock(_FoldBatchNorms, BasicBlock):
         return self.act2(x)
 
 
-class PlainBottleneck(_FoldBatchNorms, Bottleneck):
+class PlainBottleneck(_NoShortcut, Bottleneck):
     """timm's ``Bottleneck`` with its shortcut removed (see ``PlainBasicBlock``)."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, **kwargs):
-        super().__init__(inplanes, planes, stride, None, **kwargs)
-
-    def zero_init_last(self) -> None:
-        pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
