@@ -590,10 +590,11 @@ def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, mo
 @pytest.mark.parametrize('native', [False, True])
 def test_a_bf16_preset_on_a_cpu_that_emulates_bf16_is_refused_unless_asked_for(native, fake_fashion_mnist, tmp_path,
                                                                               monkeypatch, usage_error):
-    """long-cpu's bf16 autocast, emulated on a CPU without AVX-512 or AMX, trains many times slower than fp32:
-    the preset is refused there before anything runs, and runs when bf16 is native or asked for by name."""
+    """long-cpu's bf16 autocast, emulated on a CPU without AVX-512 BF16 or AMX, trains many times slower than
+    fp32: the preset is refused there before anything runs, and runs when bf16 is native or asked for by name."""
     import torch
-    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: native)
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: True)
+    monkeypatch.setattr(training, 'cpu_flags', lambda cpuinfo=None: frozenset({'avx512f', 'avx512_bf16'} if native else {'avx512f'}))
     calls = []
     monkeypatch.setattr(runs, 'run_one', lambda *a, **k: calls.append(a[2].recipe.amp) or 1 / 0)
     argv = ['study', '--preset', 'long-cpu', '--data-dir', fake_fashion_mnist, '--out', tmp_path / 'study',
@@ -606,6 +607,28 @@ def test_a_bf16_preset_on_a_cpu_that_emulates_bf16_is_refused_unless_asked_for(n
     with pytest.raises(ZeroDivisionError):  # training started: the stand-in for run_one stops it there
         main([str(a) for a in argv])
     assert calls == ['bf16']
+
+
+@pytest.mark.parametrize('cpuinfo, onednn, native', [
+    ('flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n', True, False),  # AVX-512, no bf16: emulated
+    ('flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n', True, True),
+    ('flags\t\t: fpu avx2 amx_bf16 amx_tile\n', True, True),
+    ('Features\t: fp asimd sve bf16 i8mm\n', True, True),  # Arm
+    ('Features\t: fp asimd\n', True, False),
+    ('flags\t\t: avx512f avx512_bf16\n', False, False),  # oneDNN without bf16 kernels
+    (None, True, True),  # no /proc/cpuinfo: oneDNN's answer
+    (None, False, False),
+])
+def test_native_bf16_needs_the_cpus_bf16_instructions_not_only_onednns_kernels(cpuinfo, onednn, native, tmp_path,
+                                                                                monkeypatch):
+    """oneDNN reports bf16 support on any AVX-512 CPU, where autocast is still emulated (many times slower
+    than fp32): native bf16 also needs AVX-512 BF16, AMX or Arm's bf16 among the CPU's flags."""
+    import torch
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: onednn)
+    path = tmp_path / 'cpuinfo'
+    if cpuinfo is not None:
+        path.write_text('processor\t: 0\nmodel name\t: a CPU\n' + cpuinfo)
+    assert training.cpu_has_native_bf16(str(path)) is native
 
 
 def test_finished_only_trains_nothing_and_reports_the_pending_runs(fake_fashion_mnist, tmp_path, capsys):
