@@ -54,6 +54,23 @@ def test_saved_activation_bytes_count_what_backward_keeps():
     assert nbytes == 4 * (2 * 3 * 5 * 5 + 2 * 100 + 2 * 2) + 8 * 2 + 4
 
 
+def test_cpuinfo_gives_the_first_cpus_fields_and_labels_timings_with_its_name(tmp_path, monkeypatch):
+    """One reader of /proc/cpuinfo: the first CPU's value of each field, None where there is no such file;
+    timings are labelled with the model name, and the platform's name stands in without it."""
+    from timm_pnnh import cpu
+    path = tmp_path / 'cpuinfo'
+    path.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: CPU A\nflags\t\t: fpu avx2\n\n'
+                    'processor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: CPU B\nflags\t\t: fpu\n')
+    assert cpu.cpuinfo(str(path)) == {'processor': '0', 'vendor_id': 'GenuineIntel', 'model name': 'CPU A',
+                                      'flags': 'fpu avx2'}
+    assert cpu.cpuinfo(str(tmp_path / 'absent')) is None
+    monkeypatch.setattr(bench, 'cpuinfo', lambda: cpu.cpuinfo(str(path)))
+    assert bench.cpu_name() == f'CPU A, {torch.backends.cpu.get_cpu_capability()}'
+    monkeypatch.setattr(bench, 'cpuinfo', lambda: None)
+    monkeypatch.setattr(bench.platform, 'processor', lambda: 'x86_64 stand-in')
+    assert bench.cpu_name() == f'x86_64 stand-in, {torch.backends.cpu.get_cpu_capability()}'
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'no_such_model', '--vs', 'cifar_resnet20'], "argument --model: model 'no_such_model' is not a registered"),
     (['--model', 'pnnh_resnet20', '--vs', 'nope'], "argument --vs: model 'nope' is not a registered"),

@@ -44,6 +44,7 @@ from timm.utils.model import reparameterize_model
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_pnnh  # noqa: F401  (registers the models)
+from timm_pnnh.cpu import cpuinfo
 from timm_pnnh.errors import UsageError, check_image_size, check_output_file
 from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
 from timm_pnnh.models.coder_ops import matmul_1x1_on
@@ -70,11 +71,7 @@ METRICS = (
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo, else ``platform``) and the vector instructions torch runs on it,
     e.g. ``'AMD EPYC, AVX2'``: timings and bf16 speed depend on both, and machines differ between runs."""
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    name = (cpuinfo() or {}).get('model name') or platform.processor() or platform.machine()
     return f'{name}, {torch.backends.cpu.get_cpu_capability()}'
 
 

@@ -24,6 +24,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import accuracy
 
 from timm_pnnh.checkpoint import save_checkpoint
+from timm_pnnh.cpu import CPUINFO, cpuinfo
 
 _logger = logging.getLogger(__name__)
 
@@ -39,21 +40,16 @@ def autocast(device: torch.device, amp: Optional[str]):
 BF16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16', 'bf16'})  # x86 AVX-512 BF16 and AMX, Arm's bf16 extension
 
 
-def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> Optional[frozenset]:
+def cpu_flags(path: str = CPUINFO) -> Optional[frozenset]:
     """The instruction-set flags the kernel lists for the first CPU (``flags`` on x86, ``Features`` on
-    Arm), or None where ``cpuinfo`` cannot be read (not Linux)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() in ('flags', 'Features'):
-                    return frozenset(value.split())
-    except OSError:
+    Arm), or None where ``path`` cannot be read (not Linux)."""
+    fields = cpuinfo(path)
+    if fields is None:
         return None
-    return frozenset()
+    return frozenset((fields.get('flags') or fields.get('Features') or '').split())
 
 
-def cpu_has_native_bf16(cpuinfo: str = '/proc/cpuinfo') -> bool:
+def cpu_has_native_bf16(path: str = CPUINFO) -> bool:
     """True when this CPU computes in bf16 itself: oneDNN has bf16 kernels and the CPU has bf16
     instructions (``BF16_CPU_FLAGS``; where the flags cannot be read, oneDNN's answer alone). oneDNN also
     says yes on AVX-512 without them, and there bf16 autocast is emulated too: the PNNH ViT of ``vit-cpu``
@@ -61,7 +57,7 @@ def cpu_has_native_bf16(cpuinfo: str = '/proc/cpuinfo') -> bool:
     step of the study's CNNs ran 13x to 14x slower than fp32 (docs/speed.md)."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
-    flags = cpu_flags(cpuinfo)
+    flags = cpu_flags(path)
     return flags is None or bool(flags & BF16_CPU_FLAGS)
 
 

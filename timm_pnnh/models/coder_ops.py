@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
+from timm_pnnh.cpu import cpuinfo
 from timm_pnnh.errors import UsageError
 
 __all__ = ['relu_coder', 'recompute_applies', 'conv', 'conv_add_']
@@ -94,12 +95,7 @@ def matmul_1x1_env() -> Optional[bool]:
 
 def _mkl_on_intel() -> bool:
     """True when torch's CPU matrix products are MKL's and the CPU is Intel's (``/proc/cpuinfo``)."""
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            intel = any(line.startswith('vendor_id') and 'GenuineIntel' in line for line in cpuinfo)
-    except OSError:
-        intel = False
-    return intel and torch.backends.mkl.is_available()
+    return (cpuinfo() or {}).get('vendor_id') == 'GenuineIntel' and torch.backends.mkl.is_available()
 
 
 MKL_ON_INTEL = _mkl_on_intel()  # read once: the choice must not cost a file read per call, nor a graph break
