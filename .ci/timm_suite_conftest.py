@@ -7,10 +7,18 @@ name pattern and by registering module, and our models extend timm's classes und
   are 'pnnh_resnet', 'cifar_resnet' and 'pnnh_vit', so a module filter naming timm's module also names ours;
 * timm's ViTs ('vit_*') are "non-standard" (no spatial feature maps); so are ours ('*_vit_*').
 """
+import os
+
 import timm
 import timm.models._registry as registry
+import torch
 
 import timm_pnnh  # noqa: F401  (registers the models)
+
+# .ci/timm_suite runs one pytest-xdist worker per core; each keeps to one torch thread, so that the workers
+# share the cores instead of each running a thread on every core.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    torch.set_num_threads(1)
 
 MODULES = {'resnet': ['pnnh_resnet', 'cifar_resnet'], 'vision_transformer': ['pnnh_vit']}
 PATTERNS = {'vit_*': ['pnnh_vit_*', 'plain_vit_*', 'cifar_vit_*', 'sasp_vit_*']}
@@ -37,7 +45,6 @@ HUB_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
 
 
 def pytest_collection_modifyitems(config, items):
-    import os
     import pytest
     if os.environ.get('TIMM_PNNH_HUB_TESTS') == '1':
         return

@@ -14,6 +14,11 @@ from torch import nn
 
 from timm_pnnh import data
 
+# CI runs the suite with pytest-xdist (`pytest -n auto`: one worker per core); each worker keeps to one
+# torch thread, so that the workers share the cores instead of each running a thread on every core.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
