@@ -206,6 +206,24 @@ def test_the_headline_says_the_answer_from_the_numbers(small_study):
     assert text in report.results_markdown(slower, None).split('\n')[0]
 
 
+def test_one_seed_is_said_once_per_comparison(small_study):
+    one_seed = copy.deepcopy(small_study)
+    for row in one_seed['summary']:
+        row.update(seeds=[0], test_accs=row['test_accs'][:1], acc_mean=row['test_accs'][0], acc_std=None)
+    text = report.headline(one_seed)
+    assert text.startswith('**In short:** pnnh-20 vs residual-20: -0.1 (one seed, no spread) points, no verdict on noise; ')
+    assert text.count('one seed') == 2  # once for each of the two depths
+    assert ('- **PNNH vs residual, pnnh-56 vs residual-56**: -0.5 (one seed, no spread) points (89.50 (one seed) vs '
+            '90.00 (one seed)): no verdict on noise.') in report.verdicts(one_seed)
+
+
+def test_the_plain_depth_claim_needs_plain_resnets_at_two_depths(small_study):
+    one_depth = dict(small_study, summary=[r for r in small_study['summary'] if r['label'] != 'plain-20'])
+    lines = report.verdicts(one_depth)
+    assert lines[0] == '- **Plain accuracy vs depth**: this study has no plain ResNets at two depths.'
+    assert lines[1].startswith('- **Plain vs residual at depth 56**: -45.2 +- 4.8 points')
+
+
 def test_a_smaller_but_less_accurate_pnnh_row_is_a_trade_not_ahead(small_study):
     """A PNNH row with fewer parameters than residual-56 but less accurate beyond 2 std, with no residual row
     of its size: the only residual rows that reach its accuracy spend their extra parameters on accuracy,

@@ -29,7 +29,7 @@ REPVGG_DEPLOY = 1.5  # RepVGG (arXiv:2101.03697) deploys 1.5-2x faster than the 
 
 def _judge(d: float, s: Optional[float], better: str, worse: str, same: str) -> str:
     if s is None:
-        return 'one seed: no verdict on noise'
+        return 'no verdict on noise'  # the difference itself already says "(one seed, no spread)"
     if abs(d) <= 2 * s:
         return same
     return better if d > 0 else worse
@@ -211,6 +211,8 @@ def verdicts(study: Dict) -> List[str]:
                          'reproduced: the deeper plain net is worse', 'not reproduced: no change beyond 2 std')
         lines.append(f"**Plain accuracy vs depth** ({steps}): plain-{plain[-1]['depth']} vs plain-{plain[0]['depth']}: "
                      f"{fmt_paired(d, s)} points over {n} seeds: {verdict}.")
+    else:
+        lines.append('**Plain accuracy vs depth**: this study has no plain ResNets at two depths.')
     deepest = [d for d in depths if ('plain', 'resnet', d) in base and ('residual', 'resnet', d) in base]
     if deepest and not shares_seed(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])]):
         lines.append(f"**Plain vs residual at depth {deepest[-1]}**: "
@@ -219,8 +221,6 @@ def verdicts(study: Dict) -> List[str]:
         d, s, n = paired(base[('plain', 'resnet', deepest[-1])], base[('residual', 'resnet', deepest[-1])])
         verdict = _judge(d, s, 'the plain net is better', 'the plain net is worse by more than 2 std', 'on par within 2 std')
         lines.append(f'**Plain vs residual at depth {deepest[-1]}**: {fmt_paired(d, s)} points: {verdict}.')
-    if not plain:
-        lines.append('**Plain accuracy vs depth**: no plain rows in this study.')
 
     # 2. PNNH on par with residual at equal depth
     keys = [(arch, d) for (fam, arch, d) in base if fam == 'pnnh' and ('residual', arch, d) in base]
