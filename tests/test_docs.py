@@ -42,17 +42,18 @@ def _id(block):
 
 
 def commands(code: str):
-    """The simple commands of a bash block: continuations joined, comments dropped, split at && ; || | { }."""
+    """The simple commands of a bash block: continuations joined, comments dropped, split at && ; || | & { },
+    leading ``NAME=value`` assignments dropped."""
     for line in code.replace('\\\n', ' ').splitlines():
         lexer = shlex.shlex(line.replace('<run>', 'RUN'), posix=True, punctuation_chars=True)
         lexer.whitespace_split, lexer.commenters = True, '#'
         argv = []
         for token in list(lexer) + [';']:
-            if token in ('&&', '||', ';', '|', '{', '}', '(', ')', '$'):
+            if token in ('&&', '||', ';', '|', '&', '{', '}', '(', ')', '$'):
                 if argv:
                     yield argv
                 argv = []
-            else:
+            elif argv or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*=.*', token):
                 argv.append(token)
 
 

@@ -106,7 +106,7 @@ def test_the_references_are_the_studies_numbers():
 
 def _args(**overrides):
     base = dict(preset='quick', seeds=None, depths=None, steps=None, batch_size=None, train_size=None, test_size=None,
-                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0)
+                diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0, rows=None)
     return Namespace(**dict(base, **overrides))
 
 
@@ -120,6 +120,7 @@ def _args(**overrides):
     (dict(preset='converged-cpu', train_size=6400), None),  # a changed study is not the results page's
     (dict(preset='converged-cpu', seeds=[0]), None),
     (dict(preset='long-cpu', amp='fp32'), None),
+    (dict(preset='vit-cpu', rows=['sasp-vit']), None),  # some of its rows: not the whole page
 ])
 def test_only_a_converged_preset_proposes_the_results_page(overrides, expected):
     args = _args(**overrides)

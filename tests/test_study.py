@@ -21,7 +21,7 @@ TINY = ['--depths', '20', '--seeds', '0', '1', '--steps', '2', '--batch-size', '
 def _args(**overrides):
     base = dict(preset='quick', seeds=None, depths=None, steps=None, batch_size=None, train_size=None, test_size=None,
                 diag_batch=None, data_dir=None, out=None, resume=True, epochs=None, device=None, amp=None, speed_repeats=0,
-                retime=False)
+                retime=False, rows=None)
     return Namespace(**dict(base, **overrides))
 
 
@@ -68,7 +68,10 @@ def test_depth_study_rows_are_the_three_families_at_three_depths():
 
 @pytest.mark.parametrize('overrides, match', [
     (dict(depths=[21]), '--depths value 21'), (dict(seeds=[0, 0]), '--seeds'), (dict(steps=0), 'steps=0'),
-    (dict(test_size=0), '--test-size=0')])
+    (dict(test_size=0), '--test-size=0'), (dict(rows=['plain-20', 'plain-20']), '--rows'),
+    (dict(preset='vit-cpu', rows=['sasp']), "--rows value 'sasp' is not allowed: the rows of this vit-cpu study are "
+                                            "'residual-vit', 'plain-vit', 'pnnh-vit', "),
+    (dict(depths=[20], rows=['pnnh-56']), "--rows value 'pnnh-56'")])
 def test_bad_overrides_name_the_parameter(overrides, match):
     with pytest.raises(ValueError, match=match):
         study.resolve_preset(_args(**overrides))
@@ -410,6 +413,29 @@ def test_retime_is_recorded_in_the_study_command():
     args = _args(preset='converged-cpu', retime=True, finished_only=False)
     assert study.command.command_line(args).endswith('--retime')
     assert '--retime' not in study.command.command_line(_args(preset='converged-cpu', finished_only=False))
+
+
+def test_rows_keep_the_named_rows_in_the_presets_order_and_the_command_quotes_them():
+    args = _args(preset='vit-cpu', rows=['sasp-vit', 'pnnh-vit mlp_ratio=3.0'], finished_only=False)
+    assert [row.label for row in study.preset_rows(study.resolve_preset(args))] == ['pnnh-vit mlp_ratio=3.0', 'sasp-vit']
+    assert study.command.command_line(args) == "timm-pnnh study --preset vit-cpu --rows sasp-vit 'pnnh-vit mlp_ratio=3.0'"
+
+
+def test_a_study_split_by_rows_between_two_commands_is_one_study(fake_fashion_mnist, tmp_path, capsys):
+    """Two commands that share OUT/runs, each with its own --rows, train disjoint runs; the whole preset then
+    finds every run finished."""
+    out = tmp_path / 'study'
+    base = ['study', '--data-dir', str(fake_fashion_mnist), '--out', str(out), '--preset', 'quick', '--depths', '20',
+            '--seeds', '0', '--steps', '2', '--batch-size', '16', '--train-size', '64', '--test-size', '32',
+            '--diag-batch', '8', '--speed-repeats', '0']
+    assert main(base + ['--rows', 'pnnh-20']) == 0
+    assert sorted(p.name for p in (out / 'runs').iterdir()) == ['pnnh-20-seed0.json']
+    assert main(base + ['--rows', 'residual-20', 'plain-20']) == 0
+    assert '--rows residual-20 plain-20' in json.loads((out / 'study.json').read_text())['command']
+    capsys.readouterr()
+    assert main(base + ['--finished-only']) == 0
+    assert capsys.readouterr().out.count('finished earlier, reused') == 3
+    assert json.loads((out / 'study.json').read_text())['pending'] == []
 
 
 def test_unreadable_records_are_run_again(fake_fashion_mnist, tmp_path):

@@ -1,6 +1,7 @@
 """The ``timm-pnnh study`` command: its arguments, the run (sweep, speed, summary, plots, study.json)
 and what it prints."""
 import argparse
+import shlex
 import sys
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -51,7 +52,7 @@ def check_arguments(args) -> None:
 
 def command_line(args) -> str:
     parts = ['timm-pnnh', 'study', '--preset', args.preset]
-    for name in ('seeds', 'depths', 'steps', 'epochs', 'batch_size', 'amp', 'train_size', 'test_size', 'diag_batch', 'device',
+    for name in ('seeds', 'depths', 'rows', 'steps', 'epochs', 'batch_size', 'amp', 'train_size', 'test_size', 'diag_batch', 'device',
                  'data_dir', 'out'):
         value = getattr(args, name)
         if value is not None and not (name == 'out' and value == default_out(args.preset)):
@@ -62,7 +63,7 @@ def command_line(args) -> str:
         parts.append('--finished-only')
     if args.retime:
         parts.append('--retime')
-    return ' '.join(parts)
+    return shlex.join(parts)
 
 
 def default_out(preset: str) -> str:
@@ -155,6 +156,10 @@ def register(subparsers) -> None:
     parser.add_argument('--preset', choices=tuple(PRESETS), default='quick')
     parser.add_argument('--seeds', type=int, nargs='+', default=None, help='override the preset\'s seeds')
     parser.add_argument('--depths', type=int, nargs='+', default=None, help='override the preset\'s ResNet depths')
+    parser.add_argument('--rows', nargs='+', default=None, metavar='LABEL',
+                        help='only these rows of the preset, by the labels the study prints (quoted where they have a '
+                             'space: \'pnnh-vit mlp_ratio=3.0\'); to split a study between processes or machines that '
+                             'share OUT/runs')
     parser.add_argument('--steps', type=int, default=None, help='override the preset\'s SGD steps')
     parser.add_argument('--epochs', type=int, default=None, help='override the preset\'s epochs (presets that count epochs)')
     parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: the preset\'s)')

@@ -114,6 +114,7 @@ class Preset:
     device: str = 'cpu'
     vit_variants: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()  # (family, knobs) of the ViT rows
     vit_size: Tuple[Tuple[str, Any], ...] = VIT_KWARGS  # the ViT rows' input size and width
+    rows: Optional[Tuple[str, ...]] = None  # the labels of the rows kept (``--rows``); None: every row
 
     @property
     def steps_per_epoch(self) -> Optional[int]:
@@ -180,7 +181,7 @@ def preset_rows(preset: Preset) -> List[Row]:
     for family, knobs in preset.vit_variants:
         label = f'{family}-vit' + (f' {knob_label(knobs)}' if knobs else '')
         rows.append(Row(label, family, VIT_NAMES[family], 'vit', None, knobs, preset.vit_size))
-    return rows
+    return rows if preset.rows is None else [row for row in rows if row.label in preset.rows]
 
 
 def resolve_preset(args) -> Preset:
@@ -214,4 +215,13 @@ def resolve_preset(args) -> Preset:
                          'use --epochs')
     if args.device is not None:
         changes['device'] = str(check_device(args.device))
+    if args.rows is not None:
+        labels = [row.label for row in preset_rows(replace(preset, **changes))]
+        if not args.rows or len(set(args.rows)) != len(args.rows):
+            raise ValueError(f'--rows={args.rows} is not allowed: give distinct row labels')
+        for label in args.rows:
+            if label not in labels:
+                raise ValueError(f'--rows value {label!r} is not allowed: the rows of this {preset.name} study are '
+                                 f'{", ".join(map(repr, labels))}')
+        changes['rows'] = tuple(args.rows)
     return _epochs(replace(preset, **changes))
