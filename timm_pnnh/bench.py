@@ -49,7 +49,7 @@ from timm_pnnh.errors import UsageError, check_image_size, check_output_file
 from timm_pnnh.files import check_markers, markdown_table as write_table, write_between_markers, write_json
 from timm_pnnh.models.coder_ops import matmul_1x1_on
 from timm_pnnh.reparam import fold_batchnorms
-from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast
+from timm_pnnh.training import AMP_DTYPES, autocast as training_autocast, bf16_kernels, precision
 
 __all__ = ['benchmark', 'bench_table', 'METRICS', 'parse_model', 'model_spec', 'flops_per_image', 'train_flops_per_image']
 
@@ -235,7 +235,7 @@ def benchmark(
         img_size = kwargs.get('img_size', timm.get_pretrained_cfg(name).input_size[-1])
 
     def autocast():
-        return training_autocast(dev, amp)
+        return precision(dev, amp)
 
     torch.manual_seed(0)
     entries = [_Entry(name, dev, channels_last, compile, batch_size, img_size) for name in models]
@@ -252,9 +252,10 @@ def benchmark(
 
     def train_step(e: _Entry) -> None:
         e.optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = F.cross_entropy(e.run(e.x), e.y)
-        loss.backward()
+        with bf16_kernels(dev, amp):  # forward and backward
+            with training_autocast(dev, amp):
+                loss = F.cross_entropy(e.run(e.x), e.y)
+            loss.backward()
         e.optimizer.step()
 
     def infer(e: _Entry) -> None:

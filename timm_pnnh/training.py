@@ -12,13 +12,14 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import accuracy
@@ -59,6 +60,51 @@ def cpu_has_native_bf16(path: str = CPUINFO) -> bool:
         return False
     flags = cpu_flags(path)
     return flags is None or bool(flags & BF16_CPU_FLAGS)
+
+
+class Bf16ThroughFp32Kernels(TorchDispatchMode):
+    """bf16 autocast's matrix products computed by torch's fp32 kernels: inside this mode a matrix
+    product, convolution or fused attention (forward or backward) whose operands are bf16 is run on
+    those operands widened to fp32 (exactly) and its result is rounded to bf16, as torch's own bf16 CPU
+    kernels do after accumulating in fp32; only the order of the fp32 sums differs. Every other op, and
+    every tensor the network keeps, is bf16 as under plain autocast. For CPUs without bf16 instructions
+    (``cpu_has_native_bf16``), where torch's bf16 kernels are emulated: with AVX2 alone one training step
+    of the ``vit-cpu`` SAS-P ViT took 11.3 s with them, 1.65 s in this mode and 1.2 s in fp32 (2 threads)."""
+    OPS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+                     torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default,
+                     torch.ops.aten.convolution_backward.default,
+                     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+                     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default})
+    FP32_OUTPUTS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: 1}  # its logsumexp is fp32 in bf16 too
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self.OPS or not any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
+            return func(*args, **kwargs)
+        out = func(*(a.float() if isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 else a for a in args), **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out.to(torch.bfloat16)
+        keep = self.FP32_OUTPUTS.get(func)
+        return type(out)(o.to(torch.bfloat16) if isinstance(o, torch.Tensor) and i != keep else o for i, o in enumerate(out))
+
+
+def bf16_through_fp32(device: torch.device, amp: Optional[str]) -> bool:
+    """True where ``amp`` on ``device`` is bf16 on a CPU without native bf16 (``Bf16ThroughFp32Kernels``)."""
+    return amp == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16()
+
+
+def bf16_kernels(device: torch.device, amp: Optional[str]):
+    """The mode a bf16 forward and backward run under on ``device``: ``Bf16ThroughFp32Kernels`` on a CPU
+    without native bf16, nothing elsewhere (or without amp)."""
+    return Bf16ThroughFp32Kernels() if bf16_through_fp32(device, amp) else nullcontext()
+
+
+def precision(device: torch.device, amp: Optional[str]):
+    """``autocast`` inside ``bf16_kernels``, for code whose backward (if any) runs in the same block."""
+    stack = ExitStack()
+    stack.enter_context(bf16_kernels(device, amp))
+    stack.enter_context(autocast(device, amp))
+    return stack
 
 
 @dataclass
@@ -121,7 +167,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     device = next(model.parameters()).device
     correct = 0.0
     for start in range(0, len(images), batch_size):
-        with recipe.autocast(device):
+        with precision(device, recipe.amp):
             logits = model(_batch(images[start:start + batch_size], device, recipe))
         correct += accuracy(logits.float(), labels[start:start + batch_size].to(device), topk=(1,))[0].item() * len(logits) / 100
     return 100.0 * correct / len(images)
@@ -212,14 +258,15 @@ def train_and_evaluate(
             position = 0
         index = order[position:position + recipe.batch_size]
         position += recipe.batch_size
-        with recipe.autocast(dev):
-            loss = F.cross_entropy(model(_batch(images[index], dev, recipe)), labels[index])
-        if not torch.isfinite(loss):
-            diverged_step = step
-            _logger.warning('%s seed %d: loss %s at step %d; the run stops here', model_name, seed, loss.item(), step)
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with bf16_kernels(dev, recipe.amp):  # forward and backward
+            with recipe.autocast(dev):
+                loss = F.cross_entropy(model(_batch(images[index], dev, recipe)), labels[index])
+            if not torch.isfinite(loss):
+                diverged_step = step
+                _logger.warning('%s seed %d: loss %s at step %d; the run stops here', model_name, seed, loss.item(), step)
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         scheduler.step_update(step + 1)
         if progress is not None:

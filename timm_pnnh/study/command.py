@@ -42,7 +42,7 @@ def check_arguments(args) -> None:
     on_cpu = torch.device(preset.device).type == 'cpu'
     if preset.recipe.amp == 'bf16' and args.amp is None and computes and on_cpu and not cpu_has_native_bf16():
         raise UsageError(f'--preset={args.preset} trains with amp=bf16, which this CPU only emulates (torch CPU capability '
-                         f'{torch.backends.cpu.get_cpu_capability()}, no AVX-512 BF16 or AMX), several times slower than fp32; '
+                         f'{torch.backends.cpu.get_cpu_capability()}, no AVX-512 BF16 or AMX): its matrix products then run in fp32 kernels on bf16 operands, slower than fp32; '
                          f'run it on a CPU with native bf16, or pass --amp bf16 to run it anyway, or --amp fp32 for a '
                          f'study of its own')
     require_fashion_mnist(args.data_dir)

@@ -97,7 +97,8 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoi
                 diverged_step=result.diverged_step, curve=result.curve,
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
                 seconds=time.perf_counter() - tic + result.earlier_seconds, resumed_step=result.resumed_step,
-                cpu=cpu_name())  # the machine that finished it (seconds and bf16 speed depend on it)
+                cpu=cpu_name(),  # the machine that finished it (seconds and bf16 speed depend on it)
+                bf16_through_fp32=training.bf16_through_fp32(torch.device(preset.device), preset.recipe.amp))
 
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
