@@ -266,6 +266,8 @@ def test_the_results_say_where_the_runs_trained(small_study):
     mixed = dict(small_study, runs=[dict(cpu='Test CPU'), dict(cpu='Other CPU, AVX2'), dict(cpu='Other CPU, AVX2'), {}])
     assert header(mixed).endswith('10 minutes of training in all; runs trained on Other CPU, AVX2 (2 runs), '
                                   'Test CPU (1 run), not recorded (1 run)).')
+    through_fp32 = dict(small_study, runs=[dict(cpu='Test CPU'), dict(cpu='Test CPU', bf16_through_fp32=True)])
+    assert header(through_fp32).endswith('runs trained on Test CPU (1 run), Test CPU, bf16 products in fp32 kernels (1 run)).')
 
 
 def test_report_writes_the_readme_section_atomically(small_study, tmp_path, capsys, usage_error):
@@ -634,8 +636,9 @@ def test_a_full_disk_is_refused_before_training(fake_fashion_mnist, tmp_path, mo
 @pytest.mark.parametrize('native', [False, True])
 def test_a_bf16_preset_on_a_cpu_that_emulates_bf16_is_refused_unless_asked_for(native, fake_fashion_mnist, tmp_path,
                                                                               monkeypatch, usage_error):
-    """long-cpu's bf16 autocast, emulated on a CPU without AVX-512 BF16 or AMX, trains many times slower than
-    fp32: the preset is refused there before anything runs, and runs when bf16 is native or asked for by name."""
+    """long-cpu's bf16 autocast, emulated on a CPU without AVX-512 BF16 or AMX (its products in fp32 kernels),
+    trains slower than fp32: the preset is refused there before anything runs, and runs when bf16 is native or
+    asked for by name."""
     import torch
     monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: True)
     monkeypatch.setattr(training, 'cpu_flags', lambda cpuinfo=None: frozenset({'avx512f', 'avx512_bf16'} if native else {'avx512f'}))
@@ -698,3 +701,13 @@ def test_finished_only_trains_nothing_and_reports_the_pending_runs(fake_fashion_
     printed = capsys.readouterr().out
     assert printed.count('finished earlier, reused') == 3 and printed.count('test acc') >= 3
     assert json.loads((out / 'study.json').read_text())['pending'] == []
+
+
+@pytest.mark.parametrize('amp, native, through_fp32', [('bf16', False, True), ('fp32', False, False)])
+def test_a_run_record_says_whether_bf16_products_ran_in_fp32_kernels(amp, native, through_fp32, fake_fashion_mnist,
+                                                                     monkeypatch):
+    monkeypatch.setattr(training, 'cpu_has_native_bf16', lambda: native)
+    preset = _tiny_preset(amp=amp)
+    record = runs.run_one(study.preset_rows(preset)[0], 0, preset, study.load_data(preset, fake_fashion_mnist),
+                          log=lambda m: None)
+    assert record['bf16_through_fp32'] is through_fp32

@@ -272,9 +272,11 @@ def verdicts(study: Dict) -> List[str]:
 
 
 def trained_on(study: Dict) -> str:
-    """Where the runs trained, from the CPU each record names (records older than that field say nothing):
-    empty when every run names the machine that wrote the study."""
-    counts = Counter(r.get('cpu') or 'not recorded' for r in study.get('runs') or [])
+    """Where the runs trained, from the CPU each record names (records older than that field say nothing)
+    and whether bf16's products ran in fp32 kernels there (``bf16_through_fp32``): empty when every run
+    names the machine that wrote the study."""
+    counts = Counter((r.get('cpu') or 'not recorded') + (', bf16 products in fp32 kernels' if r.get('bf16_through_fp32') else '')
+                     for r in study.get('runs') or [])
     if not counts or set(counts) == {study['hardware'].get('cpu')}:
         return ''
     return '; runs trained on ' + ', '.join(f'{cpu} ({n} run{"s" * (n != 1)})' for cpu, n in sorted(counts.items()))
