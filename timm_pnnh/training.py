@@ -53,9 +53,10 @@ def cpu_flags(path: str = CPUINFO) -> Optional[frozenset]:
 def cpu_has_native_bf16(path: str = CPUINFO) -> bool:
     """True when this CPU computes in bf16 itself: oneDNN has bf16 kernels and the CPU has bf16
     instructions (``BF16_CPU_FLAGS``; where the flags cannot be read, oneDNN's answer alone). oneDNN also
-    says yes on AVX-512 without them, and there bf16 autocast is emulated too: the PNNH ViT of ``vit-cpu``
-    trained at 74 images/s in bf16 against 215 in fp32 on such an Intel Xeon; with AVX2 alone a training
-    step of the study's CNNs ran 13x to 14x slower than fp32 (docs/speed.md)."""
+    says yes on AVX-512 without them, and there bf16 autocast is emulated too: with torch's own bf16
+    kernels the PNNH ViT of ``vit-cpu`` trained at 74 images/s in bf16 against 215 in fp32 on such an Intel
+    Xeon, and with AVX2 alone a training step of the study's CNNs ran 13x to 14x slower than fp32
+    (docs/speed.md); so there ``bf16_kernels`` runs the products in fp32 kernels."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     flags = cpu_flags(path)
