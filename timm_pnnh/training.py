@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -100,12 +100,11 @@ def bf16_kernels(device: torch.device, amp: Optional[str]):
     return Bf16ThroughFp32Kernels() if bf16_through_fp32(device, amp) else nullcontext()
 
 
+@contextmanager
 def precision(device: torch.device, amp: Optional[str]):
     """``autocast`` inside ``bf16_kernels``, for code whose backward (if any) runs in the same block."""
-    stack = ExitStack()
-    stack.enter_context(bf16_kernels(device, amp))
-    stack.enter_context(autocast(device, amp))
-    return stack
+    with bf16_kernels(device, amp), autocast(device, amp):
+        yield
 
 
 @dataclass
