@@ -81,7 +81,8 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoi
         model = model.cpu().to(memory_format=torch.contiguous_format)
         trained_retention.extend(retention(model, *data.diag, batch_stats=False))
 
-    result = training.train_and_evaluate(row.model, data.train, data.test, row_recipe(row, preset), seed=seed, model_kwargs=kwargs,
+    recipe = row_recipe(row, preset)
+    result = training.train_and_evaluate(row.model, data.train, data.test, recipe, seed=seed, model_kwargs=kwargs,
                                          progress=progress, on_trained=on_trained, device=preset.device,
                                          eval_every=preset.steps_per_epoch or 0, checkpoint=checkpoint)
     if preset.epochs:
@@ -98,7 +99,7 @@ def run_one(row: Row, seed: int, preset: Preset, data: Data, log=print, checkpoi
                 blocks=len(init_retention), retention_init=init_retention, retention_trained=trained_retention,
                 seconds=time.perf_counter() - tic + result.earlier_seconds, resumed_step=result.resumed_step,
                 cpu=cpu_name(),  # the machine that finished it (seconds and bf16 speed depend on it)
-                bf16_through_fp32=training.bf16_through_fp32(torch.device(preset.device), preset.recipe.amp))
+                bf16_through_fp32=training.bf16_through_fp32(torch.device(preset.device), recipe.amp))
 
 
 def run_settings(row: Row, seed: int, preset: Preset, data: Data) -> Dict:
