@@ -209,6 +209,43 @@ def test_the_headline_says_the_answer_from_the_numbers(small_study):
     assert text in report.results_markdown(slower, None).split('\n')[0]
 
 
+def _vit(label, family, params, accs, ips, kwargs=None):
+    return dict(_row(label, family, 12, params, accs, ips, 0.7, kwargs), arch='vit', depth=None,
+                model=f'{family}_vit_tiny_patch4_32')
+
+
+def test_a_pnnh_vit_is_measured_against_sasp_on_the_fronts_too(small_study):
+    """For the ViTs the published skipless block is the other way to drop the skips: the headline, the
+    verdicts and the front tables say whether a PNNH row is ahead of the SAS-P rows of its accuracy, as
+    they do for the residual rows, without the paper's bar (the paper did not compare with SAS-P)."""
+    vits = dict(small_study, summary=[
+        _vit('residual-vit', 'residual', 1_350_000, [88.0, 89.0, 88.5], 80),
+        _vit('plain-vit', 'plain', 1_350_000, [10.0, 10.1, 10.2], 82),
+        _vit('pnnh-vit', 'pnnh', 1_460_000, [88.9, 89.2, 89.0], 70),
+        _vit('pnnh-vit mlp_ratio=3.0', 'pnnh', 1_238_000, [89.0, 89.3, 89.1], 78, {'mlp_ratio': 3.0}),
+        _vit('sasp-vit', 'sasp', 1_124_000, [89.6, 89.8, 89.7], 90)])
+    text = report.headline(vits)
+    assert ('a PNNH row is ahead of the residual rows of its accuracy on parameters (best PNNH advantage: 1.09x on '
+            'parameters, 0.97x on training images/s, 0.97x on deployed images/s, all by pnnh-vit mlp_ratio=3.0)') in text
+    assert text.endswith('; no PNNH row is ahead of the sasp rows of its accuracy on any axis (best PNNH advantage: '
+                         '0.91x on parameters, 0.87x on training images/s, 0.87x on deployed images/s, all by pnnh-vit '
+                         'mlp_ratio=3.0).')
+    lines = report.verdicts(vits)
+    assert ('- **Parameters at equal accuracy, against sasp**: best pnnh-vit mlp_ratio=3.0 vs sasp-vit, 0.91x; no PNNH '
+            'row is ahead of the sasp rows of its accuracy.') in lines
+    assert '- **Parameters at equal accuracy**: best pnnh-vit mlp_ratio=3.0 vs residual-vit, 1.09x; PNNH ahead' in '\n'.join(lines)
+    page = report.results_markdown(vits, None)
+    assert 'Each PNNH row against the sasp row that reaches its accuracy' in page
+    assert '| PNNH row | axis | sasp row of equal accuracy, best on the axis |' in page
+    # a SAS-P row less accurate than every PNNH row beyond noise reaches none of them: nothing to compare at
+    # equal accuracy, and the verdict says so
+    vits['summary'][-1].update(test_accs=[80.0, 80.2, 80.1])
+    assert 'no sasp row reaches the accuracy of any PNNH row' in '\n'.join(report.verdicts(vits))
+    assert 'sasp rows of its accuracy' not in report.headline(vits)
+    # the ResNet studies have no SAS-P rows and are measured against the residual rows alone
+    assert report.front_baselines(small_study['summary']) == ['residual']
+
+
 def test_one_seed_is_said_once_per_comparison(small_study):
     one_seed = copy.deepcopy(small_study)
     for row in one_seed['summary']:

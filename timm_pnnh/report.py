@@ -59,10 +59,10 @@ def advantage(pnnh: Dict, residual: Dict, key: str) -> float:
     return residual[key] / pnnh[key] if key == 'params' else pnnh[key] / residual[key]
 
 
-def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tuple[Dict, bool]]:
-    """The residual row to compare ``pnnh`` with on ``key``: among the residual rows that reach its
-    accuracy, the best on ``key`` (True); when none does, the most accurate residual row (False)."""
-    residual = [s for s in summary if s['family'] == 'residual' and s.get(key) is not None and s['arch'] == pnnh['arch']
+def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str, baseline: str = 'residual') -> Optional[Tuple[Dict, bool]]:
+    """The ``baseline`` row to compare ``pnnh`` with on ``key``: among the rows of that family that reach its
+    accuracy, the best on ``key`` (True); when none does, the most accurate of them (False)."""
+    residual = [s for s in summary if s['family'] == baseline and s.get(key) is not None and s['arch'] == pnnh['arch']
                 and shares_seed(s, pnnh)]  # accuracy is compared paired over common seeds
     if not residual or pnnh.get(key) is None:
         return None
@@ -72,8 +72,9 @@ def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str) -> Optional[Tu
     return max(residual, key=lambda r: r['acc_mean']), False
 
 
-def front_rows(summary: Sequence[Dict]) -> List[Dict]:
-    """Per PNNH row and axis: the residual row of equal accuracy and the PNNH advantage on that axis.
+def front_rows(summary: Sequence[Dict], baseline: str = 'residual') -> List[Dict]:
+    """Per PNNH row and axis: the residual row (a row of the ``baseline`` family) of equal accuracy and
+    the PNNH advantage on that axis.
 
     ``diff``: the paired accuracy difference, PNNH minus residual, as (mean, std or None).
     ``traded``: the PNNH row is ahead on the axis only against a residual row that is more accurate beyond
@@ -83,7 +84,7 @@ def front_rows(summary: Sequence[Dict]) -> List[Dict]:
     rows = []
     for p in (s for s in summary if s['family'] == 'pnnh'):
         for key, _, _ in FRONT_AXES:
-            match = equal_accuracy(p, summary, key)
+            match = equal_accuracy(p, summary, key, baseline)
             if match:
                 r, reached = match
                 d, sd, _ = paired(p, r)
@@ -93,51 +94,61 @@ def front_rows(summary: Sequence[Dict]) -> List[Dict]:
     return rows
 
 
-def front_table(summary: Sequence[Dict]) -> str:
-    """Markdown: each PNNH row against the residual row of equal accuracy that is best on each axis."""
+def front_table(summary: Sequence[Dict], baseline: str = 'residual') -> str:
+    """Markdown: each PNNH row against the ``baseline`` row of equal accuracy that is best on each axis."""
     table = []
-    for f in front_rows(summary):
+    for f in front_rows(summary, baseline):
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
                       f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + (
                           ', less accurate: none reaches it' if not f['reached'] else
                           ', more accurate beyond 2 std: a trade, not equal accuracy' if f['traded'] else ''),
                       fmt_paired(*f['diff']), f"{f['ratio']:.2f}x"])
-    return markdown_table(['PNNH row', 'axis', 'residual row of equal accuracy, best on the axis', 'accuracy difference',
+    return markdown_table(['PNNH row', 'axis', f'{baseline} row of equal accuracy, best on the axis', 'accuracy difference',
                            'PNNH advantage'], table, [False, False, False, True, True]) if table else ''
 
 
-def best_front(summary: Sequence[Dict], key: str) -> Optional[Dict]:
-    """The front row with the best PNNH advantage on ``key`` among those a residual row reaches at equal
+def best_front(summary: Sequence[Dict], key: str, baseline: str = 'residual') -> Optional[Dict]:
+    """The front row with the best PNNH advantage on ``key`` among those a ``baseline`` row reaches at equal
     accuracy (not ``traded``); None if none."""
-    rows = [f for f in front_rows(summary) if f['key'] == key and f['reached'] and not f['traded']]
+    rows = [f for f in front_rows(summary, baseline) if f['key'] == key and f['reached'] and not f['traded']]
     return max(rows, key=lambda f: f['ratio']) if rows else None
 
 
-def traded_rows(summary: Sequence[Dict], key: Optional[str] = None) -> List[str]:
+def traded_rows(summary: Sequence[Dict], key: Optional[str] = None, baseline: str = 'residual') -> List[str]:
     """The labels of the PNNH rows that are ahead on ``key`` (any axis if None) only by a trade: smaller
-    or faster than, but less accurate beyond 2 std than, every residual row that reaches their accuracy."""
-    labels = [f['pnnh']['label'] for f in front_rows(summary) if f['traded'] and (key is None or f['key'] == key)]
+    or faster than, but less accurate beyond 2 std than, every ``baseline`` row that reaches their accuracy."""
+    labels = [f['pnnh']['label'] for f in front_rows(summary, baseline) if f['traded'] and (key is None or f['key'] == key)]
     return list(dict.fromkeys(labels))
 
 
-def _undecided(labels: Sequence[str]) -> str:
+def _undecided(labels: Sequence[str], baseline: str = 'residual') -> str:
     its = 'its' if len(labels) == 1 else 'their'
-    return (f"{', '.join(labels)}: smaller or faster than every residual row that reaches {its} accuracy, but less "
-            f"accurate beyond 2 std, so undecided without a residual row of {its} size")
+    return (f"{', '.join(labels)}: smaller or faster than every {baseline} row that reaches {its} accuracy, but less "
+            f"accurate beyond 2 std, so undecided without a {baseline} row of {its} size")
 
 
-def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, float], study: Dict) -> str:
-    """One verdict: the best PNNH advantage on ``key`` over the residual rows of equal accuracy."""
-    best = best_front(summary, key)
-    traded = traded_rows(summary, key)
-    undecided = f'; {_undecided(traded)}' if traded else ''
+def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, float], study: Dict,
+                  baseline: str = 'residual') -> str:
+    """One verdict: the best PNNH advantage on ``key`` over the ``baseline`` rows of equal accuracy. The
+    paper's bar applies to the residual nets it compared with; against another baseline the verdict is
+    only ahead or not."""
+    best = best_front(summary, key, baseline)
+    traded = traded_rows(summary, key, baseline)
+    undecided = f'; {_undecided(traded, baseline)}' if traded else ''
+    if baseline != 'residual':
+        what = f'{what}, against {baseline}'
     if best is None:
         missing = 'no bench figures in this study' if key != 'params' and not study.get('speed') else \
-            'no residual row reaches the accuracy of any PNNH row' if not traded else _undecided(traded)
+            f'no {baseline} row reaches the accuracy of any PNNH row' if not traded else _undecided(traded, baseline)
         return f'**{what}**: {missing}.'
     ratio, factor = best['ratio'], bar[1]
-    verdict = ('reproduced' if ratio >= factor else f'PNNH ahead, below the bar of {factor:g}x' if ratio > 1 else
-               'not reproduced: no PNNH row is ahead of the residual rows of its accuracy')
+    behind = f'no PNNH row is ahead of the {baseline} rows of its accuracy'
+    if baseline != 'residual':
+        verdict, bar_said = ('PNNH ahead' if ratio > 1 else behind), ''
+    else:
+        verdict = ('reproduced' if ratio >= factor else f'PNNH ahead, below the bar of {factor:g}x' if ratio > 1 else
+                   f'not reproduced: {behind}')
+        bar_said = f' ({bar[0]} {factor:g}x)'
     if best['pnnh']['acc_std'] is None:
         verdict = f'one seed, no noise estimate: {verdict}'
     where = ''
@@ -146,18 +157,55 @@ def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, 
         where = (f" (bench: {c['device']} {c['device_name']}, {c['threads']} threads, batch {c['batch_size']}, "
                  f"channels_last={c['channels_last']}, amp={c['amp']})")
     return (f"**{what}**{where}: best {best['pnnh']['label']} vs {best['residual']['label']}, "
-            f"{ratio:.2f}x; {verdict} ({bar[0]} {factor:g}x){undecided}.")
+            f"{ratio:.2f}x; {verdict}{bar_said}{undecided}.")
 
 
 AXIS_NAMES = {'params': 'parameters', 'train_img_s': 'training images/s', 'deploy_img_s': 'deployed images/s'}
 # the rows a PNNH net at its defaults is compared with, per architecture: the residual net of its depth, and
 # for the ViTs also the other nets without skips (the published SAS-P block and the plain ViT)
 BASELINES = {'resnet': ('residual',), 'vit': ('residual', 'sasp', 'plain')}
+# the rows each PNNH row is measured against on the fronts (parameters, speed at equal accuracy): the
+# residual nets, and for the ViTs also the published skipless block, the other way to drop the skips
+FRONT_BASELINES = {'resnet': ('residual',), 'vit': ('residual', 'sasp')}
+
+
+def front_baselines(summary: Sequence[Dict]) -> List[str]:
+    """The front baselines of the PNNH rows' architectures that have rows in ``summary``, residual first."""
+    families = {s['family'] for s in summary}
+    arches = [s['arch'] for s in summary if s['family'] == 'pnnh']
+    wanted = [b for arch in dict.fromkeys(arches) for b in FRONT_BASELINES[arch]]
+    return [b for b in dict.fromkeys(wanted) if b in families] or ['residual']
+
+
+def front_clause(summary: Sequence[Dict], baseline: str) -> List[str]:
+    """The headline's say on the fronts against ``baseline``: whether a PNNH row is ahead of the rows of
+    its accuracy on an axis, with the best advantages, and the rows a trade leaves undecided."""
+    said = []
+    best = {key: f for key in AXIS_NAMES if (f := best_front(summary, key, baseline)) is not None}
+    if best:
+        ahead = [k for k in AXIS_NAMES if k in best and best[k]['ratio'] > 1]
+        labels = {best[k]['pnnh']['label'] for k in best}
+        figures = ', '.join(f"{best[k]['ratio']:.2f}x on {AXIS_NAMES[k]}" + ('' if len(labels) == 1 else
+                                                                            f" ({best[k]['pnnh']['label']})")
+                            for k in AXIS_NAMES if k in best)
+        if len(labels) == 1:
+            figures += f', all by {labels.pop()}'
+        if ahead:
+            said.append(f"a PNNH row is ahead of the {baseline} rows of its accuracy on "
+                        f"{' and '.join(AXIS_NAMES[k] for k in ahead)} (best PNNH advantage: {figures})")
+        else:
+            said.append(f"no PNNH row is ahead of the {baseline} rows of its accuracy on any axis "
+                        f"(best PNNH advantage: {figures})")
+    traded = traded_rows(summary, baseline=baseline)
+    if traded:
+        said.append(_undecided(traded, baseline))
+    return said
 
 
 def headline(study: Dict) -> str:
     """The answer in two sentences, from the numbers: PNNH at its defaults against the residual net of
-    the same depth, and whether any PNNH row is ahead of the residual rows of its accuracy on an axis."""
+    the same depth (and for the ViTs the SAS-P and plain ViTs), and whether any PNNH row is ahead of the
+    residual rows (for the ViTs also the SAS-P rows) of its accuracy on an axis."""
     summary = study['summary']
     base = _base(summary)
     said = []
@@ -169,25 +217,8 @@ def headline(study: Dict) -> str:
                 d, sd, _ = paired(p, r)
                 verdict = _judge(d, sd, 'better by more than 2 std', 'worse by more than 2 std', 'on par within 2 std')
                 said.append(f"{p['label']} vs {r['label']}: {fmt_paired(d, sd)} points, {verdict}")
-    best = {key: f for key in AXIS_NAMES if (f := best_front(summary, key)) is not None}
-    if best:
-        ahead = [k for k in AXIS_NAMES if k in best and best[k]['ratio'] > 1]
-        labels = {best[k]['pnnh']['label'] for k in best}
-        figures = ', '.join(f"{best[k]['ratio']:.2f}x on {AXIS_NAMES[k]}" + ('' if len(labels) == 1 else
-                                                                            f" ({best[k]['pnnh']['label']})")
-                            for k in AXIS_NAMES if k in best)
-        if len(labels) == 1:
-            figures += f', all by {labels.pop()}'
-        if ahead:
-            front = (f"a PNNH row is ahead of the residual rows of its accuracy on {' and '.join(AXIS_NAMES[k] for k in ahead)} "
-                     f"(best PNNH advantage: {figures})")
-        else:
-            front = (f"no PNNH row is ahead of the residual rows of its accuracy on any axis "
-                     f"(best PNNH advantage: {figures})")
-        said.append(front)
-    traded = traded_rows(summary)
-    if traded:
-        said.append(_undecided(traded))
+    for baseline in front_baselines(summary):
+        said += front_clause(summary, baseline)
     if not said and study.get('pending'):
         said.append(f"no PNNH row has finished beside a row to compare it with yet ({len(study['pending'])} runs pending)")
     return f"**In short:** {'; '.join(said)}." if said else ''
@@ -248,8 +279,9 @@ def verdicts(study: Dict) -> List[str]:
         lines.append('**PNNH vs residual at equal depth**: no pair of rows in this study.')
 
     # 3-5. fronts: every PNNH row against the residual row of its accuracy that is best on each axis
-    for key, what, paper in FRONT_AXES:
-        lines.append(front_verdict(summary, key, what, paper, study))
+    for baseline in front_baselines(summary):
+        for key, what, paper in FRONT_AXES:
+            lines.append(front_verdict(summary, key, what, paper, study, baseline))
     # 5. retention: the deepest block of the deepest net of each architecture with all three families
     families = ('plain', 'residual', 'pnnh')
     for arch, where in (('resnet', 'depth {}'), ('vit', 'ViT')):
@@ -314,11 +346,12 @@ def results_markdown(study: Dict, plot_dir: Optional[str]) -> str:
         parts += ['Test accuracy after each epoch (mean +- std over seeds):', '', per_epoch, '']
     if plot_dir is not None:
         parts += [' '.join(f'![{p[:-4].replace("_", " ")}]({plot_dir}/{p})' for p in study['plots']), '']
-    fronts = front_table(study['summary'])
-    if fronts:
-        parts += ['Each PNNH row against the residual row that reaches its accuracy (within 2 std of the paired '
-                  'difference, or better) and is best on the axis (PNNH advantage: residual / PNNH parameters, '
-                  'PNNH / residual images/s):', '', fronts, '']
+    for baseline in front_baselines(study['summary']):
+        fronts = front_table(study['summary'], baseline)
+        if fronts:
+            parts += [f'Each PNNH row against the {baseline} row that reaches its accuracy (within 2 std of the paired '
+                      f'difference, or better) and is best on the axis (PNNH advantage: {baseline} / PNNH parameters, '
+                      f'PNNH / {baseline} images/s):', '', fronts, '']
     parts += ['What reproduced here (computed from the JSON by `timm-pnnh report`):', '', *verdicts(study)]
     return '\n'.join(parts)
 
