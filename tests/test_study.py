@@ -288,7 +288,7 @@ def test_a_smaller_but_less_accurate_pnnh_row_is_a_trade_not_ahead(small_study):
                    {'block_reduce_first': 2})
     traded['summary'].append(control)
     front = {f['key']: f for f in report.front_rows(traded['summary']) if f['pnnh']['label'] == 'pnnh-56 learner_ratio=0.5'}
-    assert front['params']['residual'] is control and not front['params']['traded']
+    assert front['params']['baseline'] is control and not front['params']['traded']
     assert 'a PNNH row is ahead of the residual rows of its accuracy on parameters' in report.headline(traded)
     assert 'undecided' not in report.headline(traded)
 

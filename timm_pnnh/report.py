@@ -48,39 +48,39 @@ FRONT_AXES = (
 )
 
 
-def reaches(residual: Dict, pnnh: Dict) -> bool:
-    """The residual row is at least as accurate as the PNNH row, or below it within 2 std of the paired difference."""
-    d, sd, _ = paired(residual, pnnh)
+def reaches(base: Dict, pnnh: Dict) -> bool:
+    """The baseline row is at least as accurate as the PNNH row, or below it within 2 std of the paired difference."""
+    d, sd, _ = paired(base, pnnh)
     return d >= 0 or (sd is not None and d >= -2 * sd)
 
 
-def advantage(pnnh: Dict, residual: Dict, key: str) -> float:
-    """How many times better the PNNH row is on ``key``: fewer parameters, or more images/s."""
-    return residual[key] / pnnh[key] if key == 'params' else pnnh[key] / residual[key]
+def advantage(pnnh: Dict, base: Dict, key: str) -> float:
+    """How many times better the PNNH row is than the baseline row on ``key``: fewer parameters, or more images/s."""
+    return base[key] / pnnh[key] if key == 'params' else pnnh[key] / base[key]
 
 
 def equal_accuracy(pnnh: Dict, summary: Sequence[Dict], key: str, baseline: str = 'residual') -> Optional[Tuple[Dict, bool]]:
     """The ``baseline`` row to compare ``pnnh`` with on ``key``: among the rows of that family that reach its
     accuracy, the best on ``key`` (True); when none does, the most accurate of them (False)."""
-    residual = [s for s in summary if s['family'] == baseline and s.get(key) is not None and s['arch'] == pnnh['arch']
+    candidates = [s for s in summary if s['family'] == baseline and s.get(key) is not None and s['arch'] == pnnh['arch']
                 and shares_seed(s, pnnh)]  # accuracy is compared paired over common seeds
-    if not residual or pnnh.get(key) is None:
+    if not candidates or pnnh.get(key) is None:
         return None
-    reach = [r for r in residual if reaches(r, pnnh)]
+    reach = [r for r in candidates if reaches(r, pnnh)]
     if reach:
         return min(reach, key=lambda r: advantage(pnnh, r, key)), True
-    return max(residual, key=lambda r: r['acc_mean']), False
+    return max(candidates, key=lambda r: r['acc_mean']), False
 
 
 def front_rows(summary: Sequence[Dict], baseline: str = 'residual') -> List[Dict]:
-    """Per PNNH row and axis: the residual row (a row of the ``baseline`` family) of equal accuracy and
+    """Per PNNH row and axis: the ``baseline`` row (a row of the ``baseline`` family) of equal accuracy and
     the PNNH advantage on that axis.
 
-    ``diff``: the paired accuracy difference, PNNH minus residual, as (mean, std or None).
-    ``traded``: the PNNH row is ahead on the axis only against a residual row that is more accurate beyond
-    2 std of the paired difference (no residual row of its accuracy is cheaper): the residual row spends the
+    ``diff``: the paired accuracy difference, PNNH minus baseline, as (mean, std or None).
+    ``traded``: the PNNH row is ahead on the axis only against a baseline row that is more accurate beyond
+    2 std of the paired difference (no baseline row of its accuracy is cheaper): the baseline row spends the
     difference on accuracy, so this is a trade, not a comparison at equal accuracy, and it does not count
-    as the PNNH row being ahead (a residual control of the PNNH row's size would decide it)."""
+    as the PNNH row being ahead (a baseline row of the PNNH row's size would decide it)."""
     rows = []
     for p in (s for s in summary if s['family'] == 'pnnh'):
         for key, _, _ in FRONT_AXES:
@@ -90,7 +90,7 @@ def front_rows(summary: Sequence[Dict], baseline: str = 'residual') -> List[Dict
                 d, sd, _ = paired(p, r)
                 ratio = advantage(p, r, key)
                 traded = reached and ratio > 1 and sd is not None and d < -2 * sd
-                rows.append(dict(pnnh=p, residual=r, key=key, reached=reached, ratio=ratio, traded=traded, diff=(d, sd)))
+                rows.append(dict(pnnh=p, baseline=r, key=key, reached=reached, ratio=ratio, traded=traded, diff=(d, sd)))
     return rows
 
 
@@ -99,7 +99,7 @@ def front_table(summary: Sequence[Dict], baseline: str = 'residual') -> str:
     table = []
     for f in front_rows(summary, baseline):
         table.append([f"{f['pnnh']['label']} ({fmt_acc(f['pnnh'])})", dict((k, w) for k, w, _ in FRONT_AXES)[f['key']],
-                      f"{f['residual']['label']} ({fmt_acc(f['residual'])})" + (
+                      f"{f['baseline']['label']} ({fmt_acc(f['baseline'])})" + (
                           ', less accurate: none reaches it' if not f['reached'] else
                           ', more accurate beyond 2 std: a trade, not equal accuracy' if f['traded'] else ''),
                       fmt_paired(*f['diff']), f"{f['ratio']:.2f}x"])
@@ -156,7 +156,7 @@ def front_verdict(summary: Sequence[Dict], key: str, what: str, bar: Tuple[str, 
         c = study['speed']['config']
         where = (f" (bench: {c['device']} {c['device_name']}, {c['threads']} threads, batch {c['batch_size']}, "
                  f"channels_last={c['channels_last']}, amp={c['amp']})")
-    return (f"**{what}**{where}: best {best['pnnh']['label']} vs {best['residual']['label']}, "
+    return (f"**{what}**{where}: best {best['pnnh']['label']} vs {best['baseline']['label']}, "
             f"{ratio:.2f}x; {verdict}{bar_said}{undecided}.")
 
 
